@@ -1,0 +1,194 @@
+"""The metric contract: every metric the service exports is declared here, with its help text and buckets.
+
+Children are bound once per label set so the request path never looks labels up. Histograms of many values
+(a batch) are filled with one numpy pass instead of one `observe` call per value.
+"""
+
+import numpy as np
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.model import Model, Predictions
+from service.validation import Reason
+
+prometheus_client.disable_created_metrics()  # `_created` series only double the series count here
+
+REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+INFERENCE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1)
+# One-class SVM decision function: training rows score about -0.4 … 0.6, far-away rows -3 and below.
+OUTLIER_SCORE_BUCKETS = (-3.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+# Iris measurements are 0.1 … 7.9 cm; half-centimetre buckets show a shift of the distribution.
+FEATURE_VALUE_BUCKETS = tuple(np.round(np.arange(0.5, 8.01, 0.5), 2).tolist()) + (10.0,)
+
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Below this many values a plain `observe` loop is cheaper than the numpy pass.
+VECTOR_OBSERVE_MIN = 8
+
+
+def observe_many(histogram: Histogram, upper_bounds: np.ndarray, values: np.ndarray) -> None:
+    """Same effect as `histogram.observe(v)` for every v, in one pass (uses the child's value cells)."""
+    if len(values) < VECTOR_OBSERVE_MIN:
+        for value in values.tolist():
+            histogram.observe(value)
+        return
+    # observe() counts a value in the first bucket whose upper bound is >= the value
+    counts = np.bincount(np.searchsorted(upper_bounds, values, side="left"), minlength=len(upper_bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum(dtype=np.float64)))
+
+
+class ModelMetrics:
+    """The model metrics bound to one loaded model version."""
+
+    def __init__(self, metrics: "ServiceMetrics", model: Model) -> None:
+        version = model.version
+        self.classifier_seconds = metrics.model_inference_duration_seconds.labels(version, "classifier")
+        self.outlier_detector_seconds = metrics.model_inference_duration_seconds.labels(
+            version, "outlier_detector"
+        )
+        self.predictions_by_label = [
+            metrics.model_predictions.labels(version, label) for label in model.labels
+        ]
+        self.outliers = metrics.model_outliers.labels(version)
+        self.outlier_score = metrics.model_outlier_score.labels(version)
+        self.feature_values = [
+            metrics.model_input_feature_value.labels(version, f) for f in model.feature_names
+        ]
+        self._score_bounds = np.array(self.outlier_score._upper_bounds)
+        self._feature_bounds = np.array(self.feature_values[0]._upper_bounds)
+
+        for feature, mean, stddev in zip(
+            model.feature_names, model.training_mean, model.training_stddev, strict=True
+        ):
+            metrics.model_feature_training_mean.labels(version, feature).set(mean)
+            metrics.model_feature_training_stddev.labels(version, feature).set(stddev)
+        metrics.model_info.labels(
+            version, model.metadata["classifier"], model.metadata["outlier_detector"]
+        ).set(1)
+
+    def record(self, rows: np.ndarray, predictions: Predictions) -> None:
+        self.classifier_seconds.observe(predictions.classifier_seconds)
+        self.outlier_detector_seconds.observe(predictions.outlier_detector_seconds)
+        n_rows = len(rows)
+        if n_rows == 1:
+            self.predictions_by_label[int(predictions.label_indices[0])].inc()
+            if predictions.is_outlier[0]:
+                self.outliers.inc()
+        else:
+            per_label = np.bincount(predictions.label_indices, minlength=len(self.predictions_by_label))
+            for counter, count in zip(self.predictions_by_label, per_label.tolist(), strict=True):
+                if count:
+                    counter.inc(count)
+            outliers = int(predictions.is_outlier.sum())
+            if outliers:
+                self.outliers.inc(outliers)
+        observe_many(self.outlier_score, self._score_bounds, predictions.outlier_scores)
+        for column, histogram in enumerate(self.feature_values):
+            observe_many(histogram, self._feature_bounds, rows[:, column])
+
+
+class ServiceMetrics:
+    """Every metric of the service, registered in one registry (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry = prometheus_client.REGISTRY) -> None:
+        self.registry = registry
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by route template (unknown paths: handler=other) and status code.",
+            ["handler", "method", "status"],
+            registry=registry,
+        )
+        self.http_request_duration_seconds = Histogram(
+            "http_request_duration_seconds",
+            "Time from receiving a request to sending the last byte of its response.",
+            ["handler", "method"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.model_inference_duration_seconds = Histogram(
+            "model_inference_duration_seconds",
+            "Time spent in one model (stage) for one request.",
+            ["model_version", "stage"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.model_predictions = Counter(
+            "model_predictions",
+            "Rows predicted, by predicted label.",
+            ["model_version", "predicted_label"],
+            registry=registry,
+        )
+        self.model_outliers = Counter(
+            "model_outliers",
+            "Rows the outlier detector flagged (score below the threshold).",
+            ["model_version"],
+            registry=registry,
+        )
+        self.model_outlier_score = Histogram(
+            "model_outlier_score",
+            "Outlier detector decision function per row; below the threshold (0 by default) is an outlier.",
+            ["model_version"],
+            buckets=OUTLIER_SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.model_input_feature_value = Histogram(
+            "model_input_feature_value",
+            "Every input value by feature; _sum / _count over a window is the exact window mean.",
+            ["model_version", "feature"],
+            buckets=FEATURE_VALUE_BUCKETS,
+            registry=registry,
+        )
+        # Gauges in multiprocess mode: every worker sets the same value, so report the live maximum
+        # instead of a per-worker sum.
+        self.model_feature_training_mean = Gauge(
+            "model_feature_training_mean",
+            "Mean of the feature over the training data (from metadata.json): the drift baseline.",
+            ["model_version", "feature"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_feature_training_stddev = Gauge(
+            "model_feature_training_stddev",
+            "Standard deviation of the feature over the training data (from metadata.json).",
+            ["model_version", "feature"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_invalid_requests = Counter(
+            "model_invalid_requests",
+            "Requests rejected because of their input, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "The loaded model (always 1).",
+            ["model_version", "classifier", "outlier_detector"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self._invalid_by_reason = {reason: self.model_invalid_requests.labels(reason) for reason in Reason}
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def bind_model(self, model: Model) -> ModelMetrics:
+        return ModelMetrics(self, model)
+
+    def record_invalid(self, reason: Reason) -> None:
+        self._invalid_by_reason[reason].inc()
+
+    def record_request(self, handler: str, method: str, status: int, seconds: float) -> None:
+        if method not in HTTP_METHODS:  # the method is client-controlled: keep the label set bounded
+            method = "other"
+        key = (handler, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(handler, method, str(status)),
+                self.http_request_duration_seconds.labels(handler, method),
+            )
+            self._request_children[key] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)

@@ -1,0 +1,144 @@
+"""One prediction request from body to answer: validate, predict, record metrics, log, build the response.
+
+Plain Python, no HTTP: the routes in `service.app` only pass bodies in and responses out.
+"""
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from service.metrics import ModelMetrics, ServiceMetrics
+from service.model import Model
+from service.prediction_log import PredictionLog, truncate_body
+from service.validation import InvalidInput, check_content_type, parse_rows
+
+# A client's own request id is kept only if it cannot smuggle anything into logs or headers.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+class Answer(Enum):
+    """What a prediction endpoint answers for its rows."""
+
+    PROBABILITIES = "probabilities"  # one row: the class probabilities (the book's /predict)
+    LABEL = "label"  # one row: the label string (the book's /predict/label)
+    BATCH = "batch"  # up to max_batch_rows rows: one result per row
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status_code: int
+    body: dict[str, Any]
+    job_id: str
+
+
+def job_id_for(client_request_id: str | None) -> str:
+    if client_request_id and SAFE_REQUEST_ID.fullmatch(client_request_id):
+        return client_request_id
+    return str(uuid.uuid4())
+
+
+class Predictor:
+    def __init__(
+        self,
+        model: Model,
+        max_batch_rows: int,
+        metrics: ServiceMetrics | None,
+        prediction_log: PredictionLog | None,
+    ) -> None:
+        self.model = model
+        self._max_batch_rows = max_batch_rows
+        self._metrics = metrics
+        self._model_metrics: ModelMetrics | None = metrics.bind_model(model) if metrics else None
+        self._log = prediction_log
+
+    def handle_body(
+        self,
+        endpoint: str,
+        answer: Answer,
+        body: bytes,
+        content_type: str | None,
+        job_id: str,
+        started: float,
+    ) -> Outcome:
+        try:
+            check_content_type(content_type)
+            rows = parse_rows(
+                body,
+                self.model.n_features,
+                self._max_batch_rows,
+                exact_rows=None if answer is Answer.BATCH else 1,
+            )
+        except InvalidInput as error:
+            return self.reject(endpoint, error, body, job_id, started)
+        return self.predict(endpoint, answer, rows, job_id, started)
+
+    def reject(self, endpoint: str, error: InvalidInput, body: bytes, job_id: str, started: float) -> Outcome:
+        if self._metrics:
+            self._metrics.record_invalid(error.reason)
+        if self._log:
+            self._log.write(
+                {
+                    "timestamp": time.time(),
+                    "job_id": job_id,
+                    "endpoint": endpoint,
+                    "model_version": self.model.version,
+                    "latency_ms": (time.perf_counter() - started) * 1000.0,
+                    "status": error.status_code,
+                    "error": {"reason": error.reason.value, "message": error.message},
+                    "input": truncate_body(body),
+                }
+            )
+        return Outcome(
+            error.status_code,
+            {"detail": error.message, "reason": error.reason.value, "job_id": job_id},
+            job_id,
+        )
+
+    def predict(
+        self, endpoint: str, answer: Answer, rows: np.ndarray, job_id: str, started: float
+    ) -> Outcome:
+        predictions = self.model.predict(rows)
+        if self._model_metrics:
+            self._model_metrics.record(rows, predictions)
+        labels = [self.model.labels[index] for index in predictions.label_indices.tolist()]
+        is_outlier = predictions.is_outlier.tolist()
+        scores = predictions.outlier_scores.tolist()
+        if answer is Answer.BATCH:
+            probabilities = predictions.probabilities.tolist()
+            body: dict[str, Any] = {
+                "job_id": job_id,
+                "results": [
+                    {"prediction": p, "label": label, "is_outlier": o, "outlier_score": s}
+                    for p, label, o, s in zip(probabilities, labels, is_outlier, scores, strict=True)
+                ],
+            }
+        else:
+            prediction = labels[0] if answer is Answer.LABEL else predictions.probabilities[0].tolist()
+            body = {
+                "job_id": job_id,
+                "prediction": prediction,
+                "is_outlier": is_outlier[0],
+                "outlier_score": scores[0],
+            }
+        if self._log:
+            self._log.write(
+                {
+                    "timestamp": time.time(),
+                    "job_id": job_id,
+                    "endpoint": endpoint,
+                    "model_version": self.model.version,
+                    "latency_ms": (time.perf_counter() - started) * 1000.0,
+                    "status": 200,
+                    "input": rows,
+                    "prediction": predictions.probabilities,
+                    "label": labels,
+                    "is_outlier": is_outlier,
+                    "outlier_score": scores,
+                }
+            )
+        return Outcome(200, body, job_id)
