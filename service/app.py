@@ -113,7 +113,7 @@ def open_prediction_log(settings: Settings) -> PredictionLog:
         return PredictionLog(
             RotatingFileSink(settings.log_file, settings.log_max_bytes, settings.log_backup_count)
         )
-    return PredictionLog(StreamSink(settings.multiproc_dir.parent / "prediction-log-stdout.lock"))
+    return PredictionLog(StreamSink(settings.multiproc_dir / "prediction-log.lock"))
 
 
 def create_app(

@@ -6,6 +6,7 @@ picks its value storage at import time; `serve` sets it and only then imports th
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -32,9 +33,18 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def load_service_app(settings: Settings) -> Any:
+    from service.app import create_app
+
+    return create_app(settings)
+
+
 class GunicornServer(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
+    """`load_app` builds the ASGI app in each worker; the benchmark passes its bare app to measure the stack."""
+
+    def __init__(self, settings: Settings, load_app: Callable[[Settings], Any] = load_service_app) -> None:
         self.settings = settings
+        self.load_app = load_app
         super().__init__()
 
     def load_config(self) -> None:
@@ -55,13 +65,11 @@ class GunicornServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from service.app import create_app
-
-        return create_app(self.settings)
+        return self.load_app(self.settings)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, load_app: Callable[[Settings], Any] = load_service_app) -> None:
     multiproc_dir = str(settings.multiproc_dir.resolve())
     reset_multiproc_dir(multiproc_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-    GunicornServer(settings).run()
+    GunicornServer(settings, load_app).run()

@@ -1,6 +1,5 @@
 """Every setting of the service, read from environment variables (prefix ``SERVICE_``)."""
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
@@ -30,11 +29,3 @@ class Settings(BaseSettings):
     max_requests: int = Field(
         0, ge=0, description="Recycle a worker after this many requests (0: never); jitter is 10%."
     )
-    metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="Serve /metrics on this separate port instead of the API port."
-    )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

@@ -64,7 +64,7 @@ def to_onnx_bytes(model: Pipeline, options: dict | None = None) -> bytes:
     )
     onnx_model.producer_version = ""  # keep the bytes independent of the skl2onnx patch release
     # skl2onnx collects opsets in a set: sort them so the bytes do not depend on hash seeds
-    opsets = sorted(((o.domain, o.version) for o in onnx_model.opset_import))
+    opsets = sorted((o.domain, o.version) for o in onnx_model.opset_import)
     del onnx_model.opset_import[:]
     for domain, version in opsets:
         onnx_model.opset_import.add(domain=domain, version=version)

@@ -1,0 +1,40 @@
+# `make run`: the service, Prometheus and Alertmanager on this machine (no Docker).
+# `make test`: create the virtual environment, install everything and run every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_DIR ?= models
+
+.PHONY: run test bench train lint clean debian-packages
+
+run: $(VENV)/.installed $(MODEL_DIR)/metadata.json debian-packages
+	$(PY) -m stack run
+
+test: $(VENV)/.installed debian-packages
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
+	./scripts/ensure-debian-packages wrk
+	$(PY) -m bench
+
+train: $(VENV)/.installed
+	$(PY) -m service train --output $(MODEL_DIR)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+$(MODEL_DIR)/metadata.json: $(VENV)/.installed
+	$(PY) -m service train --output $(MODEL_DIR)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+debian-packages:
+	./scripts/ensure-debian-packages docker-compose
+
+clean:
+	rm -rf .run $(MODEL_DIR)

@@ -1,0 +1,157 @@
+"""Start the service, Prometheus and Alertmanager as child processes on 127.0.0.1, and stop them."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from stack.configs import render_alertmanager_config, render_prometheus_config
+
+SERVICE_JOB = "prediction-service"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200, the process dies, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(f"{process.args[0]} exited with {process.returncode}; see {log}:\n{_tail(log)}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise StartError(f"{url} not ready after {timeout}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StartError(f"{name} not found: run ./scripts/ensure-debian-packages as root")
+    return path
+
+
+@dataclass
+class Ports:
+    service: int = 8000
+    prometheus: int = 9090
+    alertmanager: int = 9093
+
+
+@dataclass
+class Stack:
+    """The three processes of the product, their data in `run_dir`, all on 127.0.0.1."""
+
+    run_dir: Path
+    model_dir: Path
+    slack_webhook_url_file: Path
+    ports: Ports = field(default_factory=Ports)
+    service_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, name)}"
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen, Path]:
+        log = self.run_dir / f"{name}.log"
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                args, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.processes[name] = process
+        return process, log
+
+    def start_service(self) -> None:
+        env = {
+            **os.environ,
+            "SERVICE_HOST": "127.0.0.1",
+            "SERVICE_PORT": str(self.ports.service),
+            "SERVICE_MODEL_DIR": str(self.model_dir),
+            "SERVICE_MULTIPROC_DIR": str(self.run_dir / "prometheus-multiproc"),
+            "SERVICE_LOG_FILE": str(self.run_dir / "predictions.jsonl"),
+            **self.service_env,
+        }
+        process, log = self._spawn("service", [sys.executable, "-m", "service", "serve"], env)
+        wait_until_ready(self.url("service") + "/ready", process, log)
+
+    def start_prometheus(self) -> None:
+        config = render_prometheus_config(
+            {
+                SERVICE_JOB: f"127.0.0.1:{self.ports.service}",
+                "prometheus": f"127.0.0.1:{self.ports.prometheus}",
+                "alertmanager": f"127.0.0.1:{self.ports.alertmanager}",
+            },
+            f"127.0.0.1:{self.ports.alertmanager}",
+            self.run_dir / "prometheus.yml",
+        )
+        process, log = self._spawn(
+            "prometheus",
+            [
+                require_binary("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{self.ports.prometheus}",
+                f"--web.external-url={self.url('prometheus')}",
+            ],
+        )
+        wait_until_ready(self.url("prometheus") + "/-/ready", process, log)
+
+    def start_alertmanager(self) -> None:
+        config = render_alertmanager_config(self.slack_webhook_url_file, self.run_dir / "alertmanager.yml")
+        process, log = self._spawn(
+            "alertmanager",
+            [
+                require_binary("prometheus-alertmanager"),
+                f"--config.file={config}",
+                f"--storage.path={self.run_dir / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{self.ports.alertmanager}",
+                f"--web.external-url={self.url('alertmanager')}",
+                "--cluster.listen-address=",  # a single instance: no gossip port
+            ],
+        )
+        wait_until_ready(self.url("alertmanager") + "/-/ready", process, log)
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_alertmanager()
+            self.start_service()
+            self.start_prometheus()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_process(self, name: str, timeout: float = 15.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop_process(name)

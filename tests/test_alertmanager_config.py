@@ -1,0 +1,599 @@
+"""Alertmanager routing, inhibition and Slack templates, checked with amtool; the local Slack stand-in;
+and, marked e2e, the real Alertmanager delivering a firing and a resolved message to that stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from stack.slack_receiver import SlackReceiver
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_PATH = REPO / "alertmanager" / "alertmanager.yml"
+TEMPLATES_DIR = REPO / "alertmanager" / "templates"
+TEMPLATES_GLOB = str(TEMPLATES_DIR / "*.tmpl")
+# The one line of the config a harness rewrites; the webhook URL itself is never committed.
+SECRET_PATH = "/etc/alertmanager/secrets/slack_webhook_url"
+# Slack attachment fields, each rendered by the template "slack.<field>".
+SLACK_FIELDS = ["title", "title_link", "text", "color", "fallback"]
+
+AMTOOL = shutil.which("amtool")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+requires_amtool = pytest.mark.skipif(AMTOOL is None, reason="amtool is not installed")
+
+RUNBOOK_URL = (
+    "https://github.com/example/iris-prediction-monitor/blob/main/docs/runbook.md#modelinputfeaturemeandrift"
+)
+DASHBOARD_URL = "http://localhost:3000/d/model-monitoring/model-monitoring"
+DRIFT_DESCRIPTION = (
+    "Mean of petal_length over the last 2m is 5.49, 46% above the training mean 3.76 (threshold 30%)."
+)
+
+
+def load_config() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG_PATH.read_text())
+
+
+def config_with_webhook_file(directory: Path, webhook_file: Path) -> Path:
+    """A copy of the config in `directory` whose only change is the path of the webhook URL file.
+
+    The templates directory is linked beside it, since the config names its templates relative to itself.
+    """
+    original = CONFIG_PATH.read_text()
+    assert original.count(SECRET_PATH) == 1, "the secret path must appear exactly once to be rewritten"
+    copy = directory / "alertmanager.yml"
+    copy.write_text(original.replace(SECRET_PATH, str(webhook_file)))
+    (directory / "templates").symlink_to(TEMPLATES_DIR, target_is_directory=True)
+    return copy
+
+
+# -- the config file -----------------------------------------------------------------------------------
+
+
+@requires_amtool
+def test_config_passes_amtool_check_config() -> None:
+    # The secret file does not need to exist for the check: 0.25 reads it only when it sends.
+    result = subprocess.run([AMTOOL, "check-config", str(CONFIG_PATH)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_webhook_url_is_read_from_the_secret_file_only() -> None:
+    config = load_config()
+    slack_configs = [slack for receiver in config["receivers"] for slack in receiver.get("slack_configs", [])]
+    assert config["global"] == {"slack_api_url_file": SECRET_PATH}
+    assert [slack for slack in slack_configs if "api_url" in slack or "api_url_file" in slack] == []
+
+
+def test_route_groups_by_alert_and_job_and_notifies_within_a_minute() -> None:
+    route = load_config()["route"]
+    timing = {key: route[key] for key in ("group_by", "group_wait", "group_interval", "repeat_interval")}
+    assert timing == {
+        "group_by": ["alertname", "job"],
+        "group_wait": "10s",
+        "group_interval": "30s",
+        "repeat_interval": "4h",
+    }
+
+
+@requires_amtool
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (
+            {"alertname": "ModelOutlierRatioHigh", "severity": "critical", "category": "model_quality"},
+            "slack-model-quality",
+        ),
+        (
+            {"alertname": "ModelInputFeatureMeanDrift", "severity": "warning", "category": "model_quality"},
+            "slack-model-quality",
+        ),
+        (
+            {"alertname": "PredictionServiceDown", "severity": "critical", "category": "service_health"},
+            "slack-service-health",
+        ),
+        (
+            {"alertname": "PredictionErrorRateHigh", "severity": "critical", "category": "service_health"},
+            "slack-service-health",
+        ),
+        (
+            {"alertname": "PredictionLatencyHigh", "severity": "warning", "category": "service_health"},
+            "slack-service-health",
+        ),
+        ({"alertname": "SomethingElse", "severity": "warning"}, "slack-default"),
+    ],
+    ids=lambda value: value.get("alertname") if isinstance(value, dict) else value,
+)
+def test_alert_is_routed_to_its_receiver(labels: dict[str, str], receiver: str) -> None:
+    label_args = [f"{name}={value}" for name, value in {**labels, "job": "prediction-service"}.items()]
+    result = subprocess.run(
+        [AMTOOL, "config", "routes", "test", f"--config.file={CONFIG_PATH}", f"--verify.receivers={receiver}"]
+        + label_args,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"routed to {result.stdout.strip()!r}, expected {receiver!r}"
+
+
+def test_each_receiver_posts_to_its_channel() -> None:
+    channels = {
+        receiver["name"]: [slack["channel"] for slack in receiver["slack_configs"]]
+        for receiver in load_config()["receivers"]
+    }
+    assert channels == {
+        "slack-model-quality": ["#ml-model-quality"],
+        "slack-service-health": ["#ml-oncall"],
+        "slack-default": ["#ml-alerts"],
+    }
+
+
+def test_every_slack_config_sends_resolved() -> None:
+    # Alertmanager 0.25 defaults send_resolved to false for Slack.
+    send_resolved = {
+        receiver["name"]: [slack.get("send_resolved") for slack in receiver["slack_configs"]]
+        for receiver in load_config()["receivers"]
+    }
+    assert send_resolved == {name: [True] for name in send_resolved}
+
+
+def test_every_slack_config_uses_the_named_templates() -> None:
+    expected = {field: f'{{{{ template "slack.{field}" . }}}}' for field in SLACK_FIELDS}
+    fields = [
+        {field: slack.get(field) for field in expected}
+        for receiver in load_config()["receivers"]
+        for slack in receiver["slack_configs"]
+    ]
+    assert fields == [expected] * len(fields)
+
+
+def test_templates_are_named_relative_to_the_config_file() -> None:
+    assert load_config()["templates"] == ["templates/*.tmpl"]
+
+
+# -- inhibition ----------------------------------------------------------------------------------------
+
+
+def inhibit_rules() -> list[dict[str, Any]]:
+    return load_config()["inhibit_rules"]
+
+
+def test_inhibit_rules_use_the_matchers_syntax() -> None:
+    deprecated = {"source_match", "source_match_re", "target_match", "target_match_re"}
+    assert [sorted(deprecated & rule.keys()) for rule in inhibit_rules()] == [[]] * len(inhibit_rules())
+
+
+def test_service_down_inhibits_model_quality_alerts_of_the_same_job() -> None:
+    assert {
+        "source_matchers": ['alertname="PredictionServiceDown"'],
+        "target_matchers": ['category="model_quality"'],
+        "equal": ["job"],
+    } in inhibit_rules()
+
+
+def test_service_down_inhibits_the_other_service_health_alerts_of_the_same_job() -> None:
+    assert {
+        "source_matchers": ['alertname="PredictionServiceDown"'],
+        "target_matchers": ['category="service_health"', 'alertname!="PredictionServiceDown"'],
+        "equal": ["job"],
+    } in inhibit_rules()
+
+
+def test_critical_inhibits_the_warning_of_the_same_alert_and_job() -> None:
+    assert {
+        "source_matchers": ['severity="critical"'],
+        "target_matchers": ['severity="warning"'],
+        "equal": ["alertname", "job"],
+    } in inhibit_rules()
+
+
+# -- templates -----------------------------------------------------------------------------------------
+
+
+def alert_data(status: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    starts_at = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    ends_at = starts_at + timedelta(minutes=5) if status == "resolved" else datetime(1, 1, 1, tzinfo=UTC)
+    return {
+        "status": status,
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": starts_at.isoformat().replace("+00:00", "Z"),
+        "endsAt": ends_at.isoformat().replace("+00:00", "Z"),
+        "generatorURL": "http://localhost:9090/graph",
+    }
+
+
+def drift_alert(
+    status: str = "firing", feature: str = "petal_length", description: str = DRIFT_DESCRIPTION
+) -> dict[str, Any]:
+    return alert_data(
+        status,
+        {
+            "alertname": "ModelInputFeatureMeanDrift",
+            "severity": "warning",
+            "category": "model_quality",
+            "job": "prediction-service",
+            "model_version": "v1",
+            "feature": feature,
+        },
+        {
+            "summary": f"Input feature {feature} drifted from its training mean",
+            "description": description,
+            "runbook_url": RUNBOOK_URL,
+            "dashboard_url": DASHBOARD_URL,
+        },
+    )
+
+
+def service_down_alert(status: str = "firing") -> dict[str, Any]:
+    return alert_data(
+        status,
+        {
+            "alertname": "PredictionServiceDown",
+            "severity": "critical",
+            "category": "service_health",
+            "job": "prediction-service",
+            "instance": "127.0.0.1:8000",
+        },
+        {
+            "summary": "Prediction service 127.0.0.1:8000 is down",
+            "description": "Prometheus could not scrape 127.0.0.1:8000 for 1m (up == 0).",
+            "runbook_url": "https://github.com/example/iris-prediction-monitor/blob/main/docs/runbook.md",
+            "dashboard_url": "http://localhost:3000/d/prediction-service/prediction-service",
+        },
+    )
+
+
+def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
+    """Alertmanager's template data (template.Data) for one group of alerts."""
+    common_labels = dict(set.intersection(*(set(alert["labels"].items()) for alert in alerts)))
+    common_annotations = dict(set.intersection(*(set(alert["annotations"].items()) for alert in alerts)))
+    return {
+        "receiver": "slack-model-quality",
+        "status": "firing" if any(alert["status"] == "firing" for alert in alerts) else "resolved",
+        "alerts": list(alerts),
+        "groupLabels": {name: alerts[0]["labels"][name] for name in ("alertname", "job")},
+        "commonLabels": common_labels,
+        "commonAnnotations": common_annotations,
+        "externalURL": "http://localhost:9093",
+    }
+
+
+def render(template_name: str, data: dict[str, Any], tmp_path: Path) -> str:
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps(data))
+    result = subprocess.run(
+        [
+            AMTOOL,
+            "template",
+            "render",
+            f"--template.glob={TEMPLATES_GLOB}",
+            f"--template.data={data_file}",
+            f'--template.text={{{{ template "{template_name}" . }}}}',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@requires_amtool
+@pytest.mark.parametrize("field", SLACK_FIELDS)
+def test_named_template_renders(field: str, tmp_path: Path) -> None:
+    # amtool check-config does not notice a reference to an undefined template; rendering does.
+    assert render(f"slack.{field}", notification(drift_alert()), tmp_path).strip() != ""
+
+
+@requires_amtool
+def test_title_counts_firing_alerts_and_names_the_alert(tmp_path: Path) -> None:
+    data = notification(drift_alert(), drift_alert("resolved", feature="sepal_width"))
+    assert (
+        render("slack.title", data, tmp_path) == "[FIRING:1] ModelInputFeatureMeanDrift (prediction-service)"
+    )
+
+
+@requires_amtool
+def test_title_of_a_resolved_group_says_resolved(tmp_path: Path) -> None:
+    title = render("slack.title", notification(drift_alert("resolved")), tmp_path)
+    assert title == "[RESOLVED] ModelInputFeatureMeanDrift (prediction-service)"
+
+
+@requires_amtool
+def test_title_links_to_the_dashboard(tmp_path: Path) -> None:
+    assert render("slack.title_link", notification(drift_alert()), tmp_path) == DASHBOARD_URL
+
+
+@requires_amtool
+def test_text_names_severity_job_model_and_feature(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert()), tmp_path)
+    assert (
+        "*Severity:* `warning`  *Job:* `prediction-service`  *Model:* `v1`  *Feature:* `petal_length`" in text
+    )
+
+
+@requires_amtool
+def test_text_leaves_out_labels_the_alert_does_not_have(tmp_path: Path) -> None:
+    text = render("slack.text", notification(service_down_alert()), tmp_path)
+    assert ("*Feature:*" in text, "*Instance:* `127.0.0.1:8000`" in text) == (False, True)
+
+
+@requires_amtool
+def test_text_carries_the_description_with_value_and_threshold(tmp_path: Path) -> None:
+    assert DRIFT_DESCRIPTION in render("slack.text", notification(drift_alert()), tmp_path)
+
+
+@requires_amtool
+def test_text_links_runbook_and_dashboard(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert()), tmp_path)
+    assert f"<{RUNBOOK_URL}|Runbook> | <{DASHBOARD_URL}|Dashboard>" in text
+
+
+@requires_amtool
+def test_text_escapes_characters_slack_reserves(tmp_path: Path) -> None:
+    text = render(
+        "slack.text", notification(drift_alert(description="ratio 0.4 > 0.3 & rising <fast>")), tmp_path
+    )
+    assert "ratio 0.4 &gt; 0.3 &amp; rising &lt;fast&gt;" in text
+
+
+@requires_amtool
+def test_text_marks_resolved_alerts(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert("resolved")), tmp_path)
+    assert "*Input feature petal_length drifted from its training mean* (resolved)" in text
+
+
+@requires_amtool
+def test_text_has_one_paragraph_per_alert(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert(), drift_alert(feature="sepal_width")), tmp_path)
+    assert (text.count("|Runbook>"), "`petal_length`" in text, "`sepal_width`" in text) == (2, True, True)
+
+
+@requires_amtool
+@pytest.mark.parametrize(
+    ("alerts", "color"),
+    [
+        ([service_down_alert()], "danger"),
+        ([drift_alert()], "warning"),
+        ([drift_alert(), service_down_alert()], "danger"),
+        ([service_down_alert("resolved")], "good"),
+    ],
+    ids=["critical-firing-red", "warning-firing-orange", "mixed-firing-red", "resolved-green"],
+)
+def test_color_follows_severity_and_status(alerts: list[dict[str, Any]], color: str, tmp_path: Path) -> None:
+    assert render("slack.color", notification(*alerts), tmp_path) == color
+
+
+@requires_amtool
+def test_fallback_is_title_and_summaries(tmp_path: Path) -> None:
+    fallback = render("slack.fallback", notification(drift_alert()), tmp_path)
+    assert fallback == (
+        "[FIRING:1] ModelInputFeatureMeanDrift (prediction-service): "
+        "Input feature petal_length drifted from its training mean"
+    )
+
+
+# -- the local Slack stand-in --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[SlackReceiver]:
+    with SlackReceiver() as started:
+        yield started
+
+
+SLACK_MESSAGE = {"channel": "#ml-alerts", "attachments": [{"title": "[FIRING:1] X", "text": "details"}]}
+
+
+def test_receiver_records_a_json_message_and_answers_ok(receiver: SlackReceiver) -> None:
+    response = httpx.post(receiver.url, json=SLACK_MESSAGE)
+    assert (response.status_code, response.text, response.headers["content-type"].split(";")[0]) == (
+        200,
+        "ok",
+        "text/plain",
+    )
+    assert receiver.messages == [{"path": "/services/T000/B000/XXX", "payload": SLACK_MESSAGE}]
+
+
+@pytest.mark.parametrize(
+    "body", [b"payload=not-json", b"", b"[1, 2]"], ids=["form", "empty", "not-an-object"]
+)
+def test_receiver_rejects_a_body_that_is_not_a_json_object(receiver: SlackReceiver, body: bytes) -> None:
+    response = httpx.post(receiver.url, content=body)
+    assert (response.status_code, response.text, receiver.messages) == (400, "invalid_payload", [])
+
+
+def test_receiver_fails_the_next_requests_then_recovers(receiver: SlackReceiver) -> None:
+    receiver.fail_next(2)
+    statuses = [httpx.post(receiver.url, json={"text": str(attempt)}).status_code for attempt in range(3)]
+    assert (statuses, [message["payload"] for message in receiver.messages]) == (
+        [500, 500, 200],
+        [{"text": "2"}],
+    )
+
+
+def test_receiver_fails_while_the_flag_is_set(receiver: SlackReceiver) -> None:
+    receiver.failing = True
+    while_failing = [httpx.post(receiver.url, json={"text": "lost"}).status_code for _ in range(3)]
+    receiver.failing = False
+    after = httpx.post(receiver.url, json={"text": "delivered"}).status_code
+    assert (while_failing, after, len(receiver.messages)) == ([500, 500, 500], 200, 1)
+
+
+def test_wait_for_returns_a_message_that_arrives_later(receiver: SlackReceiver) -> None:
+    poster = threading.Timer(0.1, lambda: httpx.post(receiver.url + "/later", json={"text": "late"}))
+    poster.start()
+    try:
+        message = receiver.wait_for(lambda message: message["payload"].get("text") == "late", timeout=5)
+    finally:
+        poster.join()
+    assert message["path"] == "/services/T000/B000/XXX/later"
+
+
+def test_wait_for_times_out_when_nothing_matches(receiver: SlackReceiver) -> None:
+    httpx.post(receiver.url, json={"text": "other"})
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        receiver.wait_for(lambda message: message["payload"].get("text") == "never", timeout=0.2)
+    assert time.monotonic() - started < 2
+
+
+def test_receiver_command_has_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stack.slack_receiver", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert (result.returncode, "--port" in result.stdout, "--host" in result.stdout) == (0, True, True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def lines_of(stream: Any) -> queue.Queue[str]:
+    """Lines of a subprocess stream, read in a thread so the test can wait for them with a timeout."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
+
+
+def test_receiver_command_prints_title_and_text_of_each_message() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "stack.slack_receiver", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in process.stderr.readline()
+        stdout = lines_of(process.stdout)
+        httpx.post(f"http://127.0.0.1:{port}/services/T000/B000/XXX", json=SLACK_MESSAGE).raise_for_status()
+        printed = [stdout.get(timeout=5) for _ in range(3)]
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+    assert [line.strip() for line in printed] == [
+        "--- #ml-alerts (/services/T000/B000/XXX)",
+        "[FIRING:1] X",
+        "details",
+    ]
+
+
+# -- end to end: the real Alertmanager -----------------------------------------------------------------
+
+
+@dataclass
+class RunningAlertmanager:
+    url: str
+    slack: SlackReceiver
+    log_path: Path
+
+    def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        httpx.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=5).raise_for_status()
+
+    def wait_for_title(self, title_start: str, timeout: float) -> dict[str, Any]:
+        try:
+            message = self.slack.wait_for(
+                lambda message: message["payload"]["attachments"][0]["title"].startswith(title_start), timeout
+            )
+        except TimeoutError as error:
+            log_tail = "\n".join(self.log_path.read_text().splitlines()[-20:])
+            raise AssertionError(f"{error}\nAlertmanager log:\n{log_tail}") from error
+        return message["payload"]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "Alertmanager exited during startup"
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"Alertmanager at {url} not ready within {timeout}s")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
+    if ALERTMANAGER is None:
+        pytest.skip("prometheus-alertmanager is not installed")
+    with SlackReceiver() as slack:
+        webhook_file = tmp_path / "slack_webhook_url"
+        webhook_file.write_text(slack.url + "\n")
+        config_dir = tmp_path / "config"
+        config_dir.mkdir()
+        config = config_with_webhook_file(config_dir, webhook_file)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = tmp_path / "alertmanager.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    ALERTMANAGER,
+                    f"--config.file={config}",
+                    f"--storage.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=os.sep,  # templates must resolve relative to the config file, not the working directory
+            )
+        try:
+            wait_until_ready(url, process, timeout=15)
+            yield RunningAlertmanager(url=url, slack=slack, log_path=log_path)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def api_alert(starts_at: datetime, ends_at: datetime | None = None) -> dict[str, Any]:
+    alert = drift_alert()
+    posted = {
+        "labels": alert["labels"],
+        "annotations": alert["annotations"],
+        "startsAt": starts_at.isoformat(),
+    }
+    if ends_at is not None:
+        posted["endsAt"] = ends_at.isoformat()
+    return posted
+
+
+@pytest.mark.e2e
+def test_alertmanager_sends_firing_then_resolved_message_to_slack(alertmanager: RunningAlertmanager) -> None:
+    starts_at = datetime.now(UTC)
+    alertmanager.post_alerts([api_alert(starts_at)])
+    # group_wait is 10s.
+    firing = alertmanager.wait_for_title("[FIRING:1] ModelInputFeatureMeanDrift", timeout=20)
+    attachment = firing["attachments"][0]
+    assert (firing["channel"], attachment["color"], attachment["title_link"]) == (
+        "#ml-model-quality",
+        "warning",
+        DASHBOARD_URL,
+    )
+    assert DRIFT_DESCRIPTION in attachment["text"] and "`petal_length`" in attachment["text"]
+
+    alertmanager.post_alerts([api_alert(starts_at, ends_at=datetime.now(UTC) - timedelta(seconds=1))])
+    # The resolved message leaves at the group's next flush, group_interval (30s) after the first.
+    resolved = alertmanager.wait_for_title("[RESOLVED] ModelInputFeatureMeanDrift", timeout=40)
+    attachment = resolved["attachments"][0]
+    assert (resolved["channel"], attachment["color"]) == ("#ml-model-quality", "good")
+    assert "(resolved)" in attachment["text"]
