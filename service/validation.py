@@ -62,7 +62,7 @@ def _decode(body: bytes) -> object:
         # name the real problem instead of a parse error.
         try:
             lenient = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # orjson stops nesting at 1024 levels, json may recurse out
             raise InvalidInput(Reason.INVALID_JSON, f"body is not valid JSON: {error}") from None
         if _any_number(lenient, lambda number: isinstance(number, float) and not math.isfinite(number)):
             raise InvalidInput(
@@ -74,12 +74,17 @@ def _decode(body: bytes) -> object:
 
 
 def _any_number(value: object, predicate: Callable[[float | int], bool]) -> bool:
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return predicate(value)
-    if isinstance(value, dict):
-        return any(_any_number(item, predicate) for item in value.values())
-    if isinstance(value, list):
-        return any(_any_number(item, predicate) for item in value)
+    """Whether any number inside `value` satisfies `predicate` (iterative: any nesting depth is safe)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float | int) and not isinstance(item, bool):
+            if predicate(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 

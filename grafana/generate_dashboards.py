@@ -1,0 +1,623 @@
+"""Generate the Grafana dashboards of the prediction service into grafana/dashboards/.
+
+The JSON files are generated: change this script and rerun it, never edit the JSON (or save the dashboard
+in the UI: provisioned dashboards cannot be saved). Every panel is built by `panel()`, so each one has a
+title, a description, a unit and the provisioned datasource; tests/test_grafana_dashboards.py holds the
+JSON to those rules and to the names in docs/design.md.
+
+Queries use the recording rules where one exists, so the dashboards show the very numbers the alerts
+judge; raw counters and histogram buckets appear only inside rate()/increase().
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
+
+# The datasource of grafana/provisioning/datasources/prometheus.yml, referenced by its pinned uid.
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+SCHEMA_VERSION = 39
+TAGS = ["prediction-monitoring"]
+GRID_WIDTH = 24
+
+# The model's features (docs/design.md).
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+QUANTILES = (0.5, 0.9, 0.99)
+
+# Lines drawn on the panels: the thresholds of the alerts in prometheus/rules/alert_rules.yml (the tests
+# hold each panel's lines to the numbers in its alert's expression).
+OUTLIER_RATIO_THRESHOLD = 0.2  # ModelOutlierRatioHigh
+MIN_PREDICTIONS_OUTLIER_RATIO = 200  # ModelOutlierRatioHigh's minimum sample
+FEATURE_MEAN_TOLERANCE = 0.05  # ModelInputFeatureMeanDrift
+MIN_PREDICTIONS_FEATURE_MEAN = 2000  # ModelInputFeatureMeanDrift's minimum sample
+ERROR_RATIO_THRESHOLD = 0.05  # PredictionErrorRateHigh
+LATENCY_P99_THRESHOLD_SECONDS = 0.25  # PredictionLatencyHigh
+
+# Label matchers for the template variables. Multi-value and "All" variables need `=~`; recording rules
+# are aggregated by job and have no instance label, so they are filtered on job (and model_version) only.
+JOB = 'job="$job"'
+INSTANCE = 'instance=~"$instance"'
+MODEL_VERSION = 'model_version=~"$model_version"'
+
+
+def selector(metric: str, *matchers: str) -> str:
+    return metric + "{" + ", ".join(matchers) + "}"
+
+
+def thresholds(base_color: str, *steps: tuple[float, str]) -> dict:
+    """Absolute thresholds: `base_color` below the first step, then each step's color from its value on."""
+    return {
+        "mode": "absolute",
+        "steps": [{"color": base_color, "value": None}]
+        + [{"color": color, "value": value} for value, color in steps],
+    }
+
+
+def target(expr: str, legend: str = "__auto", *, fmt: str = "time_series", instant: bool = False) -> dict:
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "format": fmt,
+        "instant": instant,
+        "legendFormat": legend,
+        "range": not instant,
+    }
+
+
+def panel(
+    kind: str,
+    title: str,
+    description: str,
+    unit: str,
+    targets: list[dict],
+    *,
+    width: int = 12,
+    height: int = 8,
+    defaults: dict | None = None,
+    overrides: list[dict] | None = None,
+    options: dict | None = None,
+    transformations: list[dict] | None = None,
+) -> dict:
+    """The one constructor of data panels; `layout()` fills in ids and positions."""
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": height, "w": width},
+        "fieldConfig": {"defaults": {"unit": unit, **(defaults or {})}, "overrides": overrides or []},
+        "options": options or {},
+        "targets": [{**query, "refId": chr(ord("A") + index)} for index, query in enumerate(targets)],
+        "transformations": transformations or [],
+    }
+
+
+def row(title: str) -> dict:
+    return {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "panels": [],
+        "gridPos": {"h": 1, "w": GRID_WIDTH},
+    }
+
+
+def timeseries(
+    title: str,
+    description: str,
+    unit: str,
+    targets: list[dict],
+    *,
+    width: int = 12,
+    threshold_steps: dict | None = None,
+    thresholds_style: str = "off",
+    min_value: float | None = None,
+    max_value: float | None = None,
+    axis_label: str = "",
+    overrides: list[dict] | None = None,
+) -> dict:
+    defaults: dict = {
+        "color": {"mode": "palette-classic"},
+        "custom": {
+            "axisLabel": axis_label,
+            "drawStyle": "line",
+            "fillOpacity": 10,
+            "lineWidth": 1,
+            "showPoints": "never",
+            "spanNulls": False,
+            "thresholdsStyle": {"mode": thresholds_style},
+        },
+        "thresholds": threshold_steps or thresholds("green"),
+    }
+    if min_value is not None:
+        defaults["min"] = min_value
+    if max_value is not None:
+        defaults["max"] = max_value
+    options = {
+        "legend": {
+            "calcs": ["lastNotNull", "max"],
+            "displayMode": "table",
+            "placement": "bottom",
+            "showLegend": True,
+        },
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    return panel(
+        "timeseries",
+        title,
+        description,
+        unit,
+        targets,
+        width=width,
+        defaults=defaults,
+        overrides=overrides,
+        options=options,
+    )
+
+
+def bucket_heatmap(title: str, description: str, bucket_selector: str, *, y_unit: str, y_label: str) -> dict:
+    """Observations per histogram bucket and time step; the cells count observations, the y axis is `le`."""
+    expr = f"sum by (le) (increase({bucket_selector}[$__rate_interval]))"
+    options = {
+        "calculate": False,
+        "cellGap": 1,
+        "cellValues": {"unit": "short"},
+        "color": {
+            "mode": "scheme",
+            "scheme": "Oranges",
+            "scale": "exponential",
+            "exponent": 0.5,
+            "steps": 64,
+        },
+        "filterValues": {"le": 1e-9},
+        "legend": {"show": True},
+        "rowsFrame": {"layout": "auto"},
+        "tooltip": {"mode": "single", "show": True, "yHistogram": True},
+        "yAxis": {"axisLabel": y_label, "axisPlacement": "left", "unit": y_unit},
+    }
+    return panel(
+        "heatmap", title, description, "short", [target(expr, "{{le}}", fmt="heatmap")], options=options
+    )
+
+
+def dashed(ref_id: str, color: str) -> dict:
+    """Field override: draw the series of query `ref_id` as a dashed line of a fixed color."""
+    return {
+        "matcher": {"id": "byFrameRefID", "options": ref_id},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"dash": [10, 10], "fill": "dash"}},
+            {"id": "custom.fillOpacity", "value": 0},
+            {"id": "color", "value": {"fixedColor": color, "mode": "fixed"}},
+        ],
+    }
+
+
+def query_variable(
+    name: str,
+    label: str,
+    description: str,
+    query: str,
+    *,
+    default: str = "",
+    include_all: bool = False,
+    multi: bool = False,
+) -> dict:
+    if include_all:
+        current = {
+            "selected": True,
+            "text": ["All"] if multi else "All",
+            "value": ["$__all"] if multi else "$__all",
+        }
+    else:
+        current = {"selected": True, "text": default, "value": default}
+    variable = {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "description": description,
+        "datasource": DATASOURCE,
+        "query": query,
+        "definition": query,
+        "current": current,
+        "includeAll": include_all,
+        "multi": multi,
+        "options": [],
+        "refresh": 2,  # on time range change: a new instance or model version shows up by itself
+        "regex": "",
+        "sort": 1,
+        "hide": 0,
+        "skipUrlSync": False,
+    }
+    if include_all:
+        variable["allValue"] = ".*"  # a regex, so "All" also covers values that appear later
+    return variable
+
+
+VARIABLES = [
+    query_variable(
+        "job",
+        "Job",
+        "Prometheus scrape job of the prediction service.",
+        "label_values(up, job)",
+        default="prediction-service",
+    ),
+    query_variable(
+        "instance",
+        "Instance",
+        "Scraped instances of the job (the recording rules sum over them).",
+        'label_values(up{job="$job"}, instance)',
+        include_all=True,
+        multi=True,
+    ),
+    query_variable(
+        "model_version",
+        "Model version",
+        "Version of the loaded model (from model_info).",
+        'label_values(model_info{job="$job"}, model_version)',
+        include_all=True,
+    ),
+]
+
+
+def layout(panels: list[dict]) -> list[dict]:
+    """Number the panels in order and place them left to right, wrapping at the grid width."""
+    placed = []
+    x = y = line_height = 0
+    for panel_id, item in enumerate(panels, start=1):
+        height, width = item["gridPos"]["h"], item["gridPos"]["w"]
+        if x + width > GRID_WIDTH:
+            x, y, line_height = 0, y + line_height, 0
+        placed.append({"id": panel_id, **item, "gridPos": {"h": height, "w": width, "x": x, "y": y}})
+        x += width
+        line_height = max(line_height, height)
+    return placed
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict]) -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": TAGS,
+        "editable": True,
+        "graphTooltip": 1,
+        "time": {"from": "now-30m", "to": "now"},
+        "refresh": "10s",
+        "timezone": "browser",
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "links": [
+            {
+                "title": "Prediction monitoring",
+                "type": "dashboards",
+                "tags": TAGS,
+                "asDropdown": False,
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "annotations": {"list": []},
+        "templating": {"list": VARIABLES},
+        "panels": layout(panels),
+    }
+
+
+def prediction_service() -> dict:
+    http_buckets = selector("http_request_duration_seconds_bucket", JOB, INSTANCE, 'handler=~"/predict.*"')
+    inference_buckets = selector("model_inference_duration_seconds_bucket", JOB, INSTANCE, MODEL_VERSION)
+    inference_rate_by_stage = f"sum by (le, stage) (rate({inference_buckets}[$__rate_interval]))"
+    panels = [
+        row("Traffic and errors"),
+        panel(
+            "stat",
+            "Instances up",
+            "Whether Prometheus' last scrape of each instance succeeded (metric up). DOWN for a minute fires "
+            "PredictionServiceDown.",
+            "none",
+            [target(selector("up", JOB, INSTANCE), "{{instance}}")],
+            width=6,
+            defaults={
+                "mappings": [
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "DOWN", "color": "red", "index": 0},
+                            "1": {"text": "UP", "color": "green", "index": 1},
+                        },
+                    }
+                ],
+                "thresholds": thresholds("red", (1, "green")),
+                "noValue": "no target",
+            },
+            options={
+                "colorMode": "background",
+                "graphMode": "none",
+                "justifyMode": "auto",
+                "orientation": "auto",
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "textMode": "value_and_name",
+            },
+        ),
+        timeseries(
+            "Request rate by handler and status",
+            "Requests answered per second over 5 minutes, by route template and status code (recording rule "
+            'job_handler_status:http_requests:rate5m). Unknown paths are handler="other".',
+            "reqps",
+            [target(selector("job_handler_status:http_requests:rate5m", JOB), "{{handler}} {{status}}")],
+            width=9,
+            min_value=0,
+        ),
+        timeseries(
+            "Error ratio",
+            "Share of requests answered with a 5xx status over 5 minutes (recording rule "
+            f"job:http_requests:error_ratio_rate5m). The line is the {ERROR_RATIO_THRESHOLD:.0%} threshold "
+            "of PredictionErrorRateHigh.",
+            "percentunit",
+            [target(selector("job:http_requests:error_ratio_rate5m", JOB), "5xx share")],
+            width=9,
+            threshold_steps=thresholds("green", (ERROR_RATIO_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+        ),
+        row("Latency"),
+        timeseries(
+            "Request latency p50 / p90 / p99",
+            "Quantiles of the time to answer a request, by route template, over 5 minutes (recording rule "
+            "job_handler:http_request_duration_seconds:histogram_quantile_rate5m). The line is the "
+            f"{LATENCY_P99_THRESHOLD_SECONDS * 1000:.0f} ms threshold of PredictionLatencyHigh, which judges "
+            "the p99 of the /predict* handlers.",
+            "s",
+            [
+                target(
+                    selector("job_handler:http_request_duration_seconds:histogram_quantile_rate5m", JOB),
+                    "{{handler}} q{{quantile}}",
+                )
+            ],
+            threshold_steps=thresholds("green", (LATENCY_P99_THRESHOLD_SECONDS, "red")),
+            thresholds_style="line",
+            min_value=0,
+        ),
+        bucket_heatmap(
+            "Prediction request latency distribution",
+            "Prediction requests (handlers /predict*) per latency bucket of http_request_duration_seconds: "
+            "where the bulk of the requests lies and how long the tail is. Darker cells hold more requests.",
+            http_buckets,
+            y_unit="s",
+            y_label="latency",
+        ),
+        timeseries(
+            "Inference latency by stage",
+            "Quantiles of the time spent in each model stage (classifier, outlier detector) per request, "
+            "from the model_inference_duration_seconds histogram. The gap to the request latency is the "
+            "HTTP, validation and logging overhead.",
+            "s",
+            [
+                target(f"histogram_quantile({q}, {inference_rate_by_stage})", f"{{{{stage}}}} q{q}")
+                for q in QUANTILES
+            ],
+            width=GRID_WIDTH,
+            min_value=0,
+        ),
+    ]
+    return dashboard(
+        "prediction-service",
+        "Prediction service",
+        "Health of the prediction service: traffic, errors and latency (service_health alerts).",
+        panels,
+    )
+
+
+def feature_panels(feature: str) -> list[dict]:
+    """The 2-minute mean of one feature against its training mean and the tolerance band, and its values."""
+    feature_matcher = f'feature="{feature}"'
+    training_mean = selector(
+        "job_model_version_feature:model_feature_training_mean:max", JOB, MODEL_VERSION, feature_matcher
+    )
+    tolerance = f"{FEATURE_MEAN_TOLERANCE:.0%}"
+    return [
+        timeseries(
+            f"{feature}: mean vs training mean",
+            f"Mean input value of {feature} over 2 minutes (recording rule "
+            "job_model_version_feature:model_input_feature_value:mean2m) against its mean over the training "
+            f"data. The dashed lines are the training mean ±{tolerance}: ModelInputFeatureMeanDrift fires "
+            "when the window mean stays outside them.",
+            "short",
+            [
+                target(
+                    selector(
+                        "job_model_version_feature:model_input_feature_value:mean2m",
+                        JOB,
+                        MODEL_VERSION,
+                        feature_matcher,
+                    ),
+                    "{{model_version}} mean over 2m",
+                ),
+                target(training_mean, "{{model_version}} training mean"),
+                target(
+                    f"{training_mean} * {1 + FEATURE_MEAN_TOLERANCE:g}",
+                    f"{{{{model_version}}}} training mean +{tolerance}",
+                ),
+                target(
+                    f"{training_mean} * {1 - FEATURE_MEAN_TOLERANCE:g}",
+                    f"{{{{model_version}}}} training mean -{tolerance}",
+                ),
+            ],
+            axis_label="cm",
+            overrides=[dashed("C", "orange"), dashed("D", "orange")],
+        ),
+        bucket_heatmap(
+            f"{feature}: input value distribution",
+            f"Input values of {feature} per bucket of model_input_feature_value: a shifted or widened "
+            "distribution shows drift the mean alone can hide. Darker cells hold more values.",
+            selector("model_input_feature_value_bucket", JOB, INSTANCE, MODEL_VERSION, feature_matcher),
+            y_unit="short",
+            y_label="cm",
+        ),
+    ]
+
+
+def model_monitoring() -> dict:
+    threshold = f"{OUTLIER_RATIO_THRESHOLD:.0%}"
+    tolerance = f"{FEATURE_MEAN_TOLERANCE:.0%}"
+    panels = [
+        row("Alerts"),
+        panel(
+            "table",
+            "Firing alerts",
+            "Alerts firing now in Prometheus (series ALERTS) for the selected job, and those without a job "
+            "label. Each alert's runbook_url leads to its section of docs/runbook.md.",
+            "short",
+            [target('ALERTS{alertstate="firing", job=~"$job|"}', fmt="table", instant=True)],
+            width=GRID_WIDTH,
+            height=6,
+            defaults={"noValue": "No alert is firing"},
+            options={
+                "cellHeight": "sm",
+                "footer": {"show": False},
+                "showHeader": True,
+                "sortBy": [{"displayName": "severity", "desc": False}],
+            },
+            transformations=[
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value": True, "__name__": True, "alertstate": True}
+                    },
+                }
+            ],
+        ),
+        row("Model quality"),
+        timeseries(
+            "Outlier ratio over 2m",
+            "Share of the last 2 minutes' predictions that the outlier detector flagged (recording rule "
+            f"job_model_version:model_outliers:ratio_rate2m). The line is the {threshold} threshold of "
+            "ModelOutlierRatioHigh.",
+            "percentunit",
+            [
+                target(
+                    selector("job_model_version:model_outliers:ratio_rate2m", JOB, MODEL_VERSION),
+                    "{{model_version}}",
+                )
+            ],
+            threshold_steps=thresholds("green", (OUTLIER_RATIO_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+        ),
+        timeseries(
+            "Predictions in window",
+            "Predictions made in the last 2 minutes (recording rule job_model_version:model_predictions:"
+            f"increase2m). The dashed lines are the minimum samples of the model quality alerts: "
+            f"ModelOutlierRatioHigh needs {MIN_PREDICTIONS_OUTLIER_RATIO} predictions in the window, "
+            f"ModelInputFeatureMeanDrift {MIN_PREDICTIONS_FEATURE_MEAN}; below them the alert stays silent.",
+            "short",
+            [
+                target(
+                    selector("job_model_version:model_predictions:increase2m", JOB, MODEL_VERSION),
+                    "{{model_version}}",
+                )
+            ],
+            threshold_steps=thresholds(
+                "red", (MIN_PREDICTIONS_OUTLIER_RATIO, "orange"), (MIN_PREDICTIONS_FEATURE_MEAN, "green")
+            ),
+            thresholds_style="dashed",
+            min_value=0,
+        ),
+        timeseries(
+            "Predicted class share",
+            "Share of each predicted class over 2 minutes (recording rule job_model_version_predicted_label:"
+            "model_predictions:ratio_rate2m). A class that grows or vanishes is a sign of drift in the "
+            "inputs or of a broken model.",
+            "percentunit",
+            [
+                target(
+                    selector(
+                        "job_model_version_predicted_label:model_predictions:ratio_rate2m", JOB, MODEL_VERSION
+                    ),
+                    "{{model_version}} {{predicted_label}}",
+                )
+            ],
+            min_value=0,
+            max_value=1,
+        ),
+        bucket_heatmap(
+            "Outlier score distribution",
+            "Outlier detector scores per bucket of model_outlier_score. Rows scoring below the threshold "
+            "(0 by default) are outliers; training rows score about -0.4 to 0.6.",
+            selector("model_outlier_score_bucket", JOB, INSTANCE, MODEL_VERSION),
+            y_unit="short",
+            y_label="score",
+        ),
+        row("Input drift"),
+        timeseries(
+            "Feature mean deviation from training",
+            "(mean over 2 minutes − training mean) / training mean, per feature (recording rule "
+            "job_model_version_feature:model_input_feature_value:mean_deviation_ratio2m). The lines are the "
+            f"±{tolerance} tolerance of ModelInputFeatureMeanDrift.",
+            "percentunit",
+            [
+                target(
+                    selector(
+                        "job_model_version_feature:model_input_feature_value:mean_deviation_ratio2m",
+                        JOB,
+                        MODEL_VERSION,
+                    ),
+                    "{{model_version}} {{feature}}",
+                )
+            ],
+            width=GRID_WIDTH,
+            threshold_steps=thresholds(
+                "red", (-FEATURE_MEAN_TOLERANCE, "green"), (FEATURE_MEAN_TOLERANCE, "red")
+            ),
+            thresholds_style="line",
+        ),
+        *(item for feature in FEATURES for item in feature_panels(feature)),
+    ]
+    return dashboard(
+        "model-monitoring",
+        "Model monitoring",
+        "Quality of the model's predictions and drift of its inputs (model_quality alerts).",
+        panels,
+    )
+
+
+DASHBOARDS = {
+    "prediction-service.json": prediction_service,
+    "model-monitoring.json": model_monitoring,
+}
+
+
+def render(build: Callable[[], dict]) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a dashboard file is out of date"
+    )
+    args = parser.parse_args(argv)
+
+    stale = []
+    for file_name, build in DASHBOARDS.items():
+        path = DASHBOARD_DIR / file_name
+        text = render(build)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(path)
+        if not args.check:
+            DASHBOARD_DIR.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if args.check and stale:
+        for path in stale:
+            print(f"{path} is out of date: run python grafana/generate_dashboards.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

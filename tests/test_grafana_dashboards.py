@@ -1,0 +1,334 @@
+"""The provisioned Grafana dashboards, checked without Grafana: generated, consistent, and wired to the names
+of docs/design.md, the provisioned datasource and the recording rules."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from dashboard_queries import (
+    REPO_ROOT,
+    SUBSTITUTIONS,
+    dashboard_files,
+    dashboard_queries,
+    data_panels,
+    load_dashboards,
+    raw_dashboard_queries,
+    variable_query,
+)
+
+GENERATOR = REPO_ROOT / "grafana" / "generate_dashboards.py"
+DATASOURCE_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DASHBOARD_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+DESIGN = (REPO_ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+RECORDING_RULES = REPO_ROOT / "prometheus" / "rules" / "recording_rules.yml"
+PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
+ALERT_RULES = REPO_ROOT / "prometheus" / "rules" / "alert_rules.yml"
+
+# Panels that draw threshold lines, and the alerts whose thresholds they are.
+PANEL_ALERTS = {
+    ("prediction-service", "Error ratio"): ["PredictionErrorRateHigh"],
+    ("prediction-service", "Request latency p50 / p90 / p99"): ["PredictionLatencyHigh"],
+    ("model-monitoring", "Outlier ratio over 2m"): ["ModelOutlierRatioHigh"],
+    ("model-monitoring", "Predictions in window"): ["ModelOutlierRatioHigh", "ModelInputFeatureMeanDrift"],
+    ("model-monitoring", "Feature mean deviation from training"): ["ModelInputFeatureMeanDrift"],
+}
+
+# Series Prometheus makes itself, not part of the service's metric contract.
+PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+RANGE_FUNCTIONS = {"rate", "increase", "irate"}
+COUNTER_SERIES = re.compile(r"_(total|bucket|count|sum)$")
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+PROMQL_KEYWORDS |= {"and", "or", "unless", "inf", "nan"}
+GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+TOKEN = re.compile(
+    r"(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)|(?P<open>\()|(?P<close>\))|(?P<skip>\{[^}]*\}|\[[^\]]*\])"
+)
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+VARIABLE_USE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+
+
+def design_datasource_uid() -> str:
+    return re.search(r"Prometheus datasource uid `([^`]+)`", DESIGN)[1]
+
+
+def design_dashboards() -> dict[str, str]:
+    """uid → title, from the design note's "Dashboards: uid `x` ("Title")" line."""
+    return dict(re.findall(r'uid `([^`]+)`\s+\("([^"]+)"\)', DESIGN))
+
+
+def design_recording_rules() -> set[str]:
+    return set(re.findall(r"^\| `([a-z_]+:[a-z0-9_:]+)` \|", DESIGN, re.MULTILINE))
+
+
+def design_metric_series() -> set[str]:
+    """Every series name the metric contract allows: `_total` of counters, `_bucket/_sum/_count` of
+    histograms, gauges as named."""
+    series = set()
+    for name, kind in re.findall(r"^\| `([a-z_]+)` \| (counter|histogram|gauge)", DESIGN, re.MULTILINE):
+        if kind == "counter":
+            series.add(f"{name}_total")
+        elif kind == "histogram":
+            series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            series.add(name)
+    return series
+
+
+def design_features() -> list[str]:
+    return re.findall(r"`(\w+)`", re.search(r"Features: ([^.]+)\.", DESIGN)[1])
+
+
+def alert_numbers(alert_names: list[str]) -> set[float]:
+    """Every number in the expressions of the named alerts (label values aside)."""
+    assert ALERT_RULES.exists(), f"{ALERT_RULES} is missing"
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    exprs = {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"] if "alert" in rule}
+    return {float(number) for name in alert_names for number in NUMBER.findall(STRING.sub('""', exprs[name]))}
+
+
+def provisioned_datasource() -> dict:
+    (datasource,) = yaml.safe_load(DATASOURCE_PROVISIONING.read_text())["datasources"]
+    return datasource
+
+
+def promql_series(expr: str) -> list[tuple[str, str]]:
+    """(series name, name of the function whose parentheses directly enclose it) for each selector."""
+    code = GROUPING.sub(" ", STRING.sub('""', expr))
+    found = []
+    enclosing: list[str] = []
+    tokens = list(TOKEN.finditer(code))
+    for index, token in enumerate(tokens):
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token["open"]:
+            previous = tokens[index - 1] if index else None
+            enclosing.append(previous["name"] if previous is not None and previous["name"] else "")
+        elif token["close"]:
+            enclosing.pop()
+        elif token["name"]:
+            is_function = following is not None and following["open"] is not None
+            if not is_function and token["name"].lower() not in PROMQL_KEYWORDS:
+                found.append((token["name"], enclosing[-1] if enclosing else ""))
+    return found
+
+
+def panel_cases() -> list[pytest.param]:
+    return [
+        pytest.param(dashboard, panel, id=f"{dashboard['uid']}/{panel['title']}")
+        for dashboard in load_dashboards()
+        for panel in data_panels(dashboard)
+    ]
+
+
+def query_cases() -> list[pytest.param]:
+    return [pytest.param(expr, id=f"{uid}/{title}/{expr}") for uid, title, expr in raw_dashboard_queries()]
+
+
+def test_committed_dashboards_are_what_the_generator_writes():
+    result = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_generator_prints_help():
+    result = subprocess.run(
+        [sys.executable, str(GENERATOR), "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "--check" in result.stdout
+
+
+def test_dashboards_are_the_ones_in_the_design_note_with_unique_uids_and_titles():
+    dashboards = load_dashboards()
+    uids = [dashboard["uid"] for dashboard in dashboards]
+    titles = [dashboard["title"] for dashboard in dashboards]
+    assert len(set(uids)) == len(uids)
+    assert len(set(titles)) == len(titles)
+    assert dict(zip(uids, titles, strict=True)) == design_dashboards()
+    assert {path.stem for path in dashboard_files()} == set(uids)
+
+
+def test_datasource_is_provisioned_with_the_uid_of_the_design_note():
+    datasource = provisioned_datasource()
+    assert datasource["uid"] == design_datasource_uid()
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert datasource["isDefault"] is True
+
+
+def test_dashboard_provider_loads_the_folder_the_dashboards_are_mounted_in():
+    (provider,) = yaml.safe_load(DASHBOARD_PROVISIONING.read_text())["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_datasource_time_interval_is_the_prometheus_scrape_interval():
+    """Grafana derives $__rate_interval (at least 4 scrapes) from it; dashboard_queries() substitutes 1m for
+    $__rate_interval, which must then hold at least 4 scrapes as well."""
+    assert PROMETHEUS_CONFIG.exists(), f"{PROMETHEUS_CONFIG} is missing"
+    scrape_interval = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["scrape_interval"]
+    assert provisioned_datasource()["jsonData"]["timeInterval"] == scrape_interval
+    assert SUBSTITUTIONS["__rate_interval"] == "1m"
+    assert re.fullmatch(r"\d+s", scrape_interval) and 4 * int(scrape_interval[:-1]) <= 60
+
+
+def test_dashboards_share_settings():
+    for dashboard in load_dashboards():
+        assert dashboard["editable"] is True
+        assert 39 <= dashboard["schemaVersion"] < 40
+        assert dashboard["time"] == {"from": "now-30m", "to": "now"}
+        assert dashboard["refresh"] == "10s"
+        assert [variable["name"] for variable in dashboard["templating"]["list"]] == [
+            "job",
+            "instance",
+            "model_version",
+        ]
+
+
+@pytest.mark.parametrize(("dashboard", "panel"), panel_cases())
+def test_panel_has_title_description_unit_and_the_provisioned_datasource(dashboard, panel):
+    uid = provisioned_datasource()["uid"]
+    assert panel["title"].strip()
+    assert panel["description"].strip()
+    assert panel["fieldConfig"]["defaults"]["unit"].strip()
+    assert panel["datasource"] == {"type": "prometheus", "uid": uid}
+    assert panel["targets"]
+    for target in panel["targets"]:
+        assert target["datasource"] == {"type": "prometheus", "uid": uid}
+
+
+def test_template_variables_use_the_provisioned_datasource():
+    uid = provisioned_datasource()["uid"]
+    for dashboard in load_dashboards():
+        for variable in dashboard["templating"]["list"]:
+            assert variable["datasource"] == {"type": "prometheus", "uid": uid}
+
+
+def test_dashboards_do_not_use_exported_datasource_inputs():
+    for path in dashboard_files():
+        text = path.read_text(encoding="utf-8")
+        assert "${DS_" not in text, path
+        assert "__inputs" not in text, path
+
+
+@pytest.mark.parametrize("expr", query_cases())
+def test_counters_and_buckets_appear_only_inside_rate_or_increase(expr):
+    for series, function in promql_series(expr):
+        if COUNTER_SERIES.search(series):
+            assert function in RANGE_FUNCTIONS, f"{series} outside rate()/increase() in {expr}"
+
+
+def test_every_variable_in_a_query_is_a_template_variable_of_its_dashboard():
+    for dashboard in load_dashboards():
+        variables = dashboard["templating"]["list"]
+        defined = {variable["name"] for variable in variables}
+        queries = [target["expr"] for panel in data_panels(dashboard) for target in panel["targets"]]
+        queries += [variable_query(variable) for variable in variables]
+        for expr in queries:
+            used = {a or b for a, b in VARIABLE_USE.findall(expr)}
+            builtin = {name for name in used if name.startswith("__")}  # $__rate_interval and friends
+            assert used - builtin <= defined, expr
+
+
+def test_multi_value_and_all_variables_are_matched_as_regex():
+    """Grafana expands them to `a|b` or the allValue `.*`: only `=~` matches those."""
+    for dashboard in load_dashboards():
+        regex_variables = [
+            variable["name"]
+            for variable in dashboard["templating"]["list"]
+            if variable.get("multi") or variable.get("includeAll")
+        ]
+        queries = [target["expr"] for panel in data_panels(dashboard) for target in panel["targets"]]
+        queries += [variable_query(variable) for variable in dashboard["templating"]["list"]]
+        for name in regex_variables:
+            for expr in queries:
+                for matcher in re.findall(r'\w+\s*(=~|!~|!=|=)\s*"[^"]*\$\{?' + name + r"\b", expr):
+                    assert matcher in ("=~", "!~"), f"${name} needs a regex matcher in {expr}"
+
+
+def test_dashboards_use_only_recording_rules_of_the_design_note():
+    used = {
+        series for _, _, expr in raw_dashboard_queries() for series, _ in promql_series(expr) if ":" in series
+    }
+    assert used, "the dashboards should read the recording rules"
+    assert used <= design_recording_rules()
+
+
+def test_dashboards_use_only_recording_rules_that_exist():
+    assert RECORDING_RULES.exists(), f"{RECORDING_RULES} is missing"
+    groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    used = {
+        series for _, _, expr in raw_dashboard_queries() for series, _ in promql_series(expr) if ":" in series
+    }
+    assert used - recorded == set()
+
+
+def test_raw_series_in_dashboards_are_in_the_metric_contract():
+    allowed = design_metric_series() | PROMETHEUS_SERIES
+    for _, _, expr in raw_dashboard_queries():
+        for series, _ in promql_series(expr):
+            assert ":" in series or series in allowed, f"{series} is not in docs/design.md's metric contract"
+
+
+def test_threshold_lines_are_the_thresholds_of_the_alerts():
+    drawn = {}
+    for dashboard in load_dashboards():
+        for panel in data_panels(dashboard):
+            defaults = panel["fieldConfig"]["defaults"]
+            if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode", "off") != "off":
+                steps = defaults["thresholds"]["steps"]
+                drawn[(dashboard["uid"], panel["title"])] = {step["value"] for step in steps[1:]}
+    assert drawn.keys() == PANEL_ALERTS.keys()
+    for panel, values in drawn.items():
+        assert values <= alert_numbers(PANEL_ALERTS[panel]), panel
+
+
+def test_feature_mean_bands_are_the_drift_tolerance():
+    (tolerance,) = {
+        abs(number) for number in alert_numbers(["ModelInputFeatureMeanDrift"]) if abs(number) < 1
+    }
+    band_factors = {
+        float(factor)
+        for _, title, expr in raw_dashboard_queries()
+        if title.endswith("mean vs training mean")
+        for factor in re.findall(r"\* ([\d.]+)$", expr)
+    }
+    assert sorted(band_factors) == pytest.approx([1 - tolerance, 1 + tolerance])
+
+
+def test_every_feature_of_the_design_note_has_its_panels():
+    queries = [expr for _, _, expr in raw_dashboard_queries()]
+    for feature in design_features():
+        feature_queries = [expr for expr in queries if f'feature="{feature}"' in expr]
+        assert any("mean2m" in expr for expr in feature_queries), feature
+        assert any("model_input_feature_value_bucket" in expr for expr in feature_queries), feature
+
+
+def test_dashboard_queries_returns_every_target_and_variable_with_variables_substituted():
+    dashboards = load_dashboards()
+    expected = sum(
+        len(dashboard["templating"]["list"]) + sum(len(panel["targets"]) for panel in data_panels(dashboard))
+        for dashboard in dashboards
+    )
+    queries = dashboard_queries()
+    assert len(queries) == expected
+    assert {uid for uid, _, _ in queries} == {dashboard["uid"] for dashboard in dashboards}
+    for uid, title, expr in queries:
+        assert "$" not in expr, (uid, title, expr)
+        assert "label_values" not in expr, (uid, title, expr)
+    assert ("prediction-service", "variable job", "up") in queries
+    assert ("prediction-service", "variable instance", 'up{job="prediction-service"}') in queries
+    heatmap = [expr for uid, title, expr in queries if title == "Prediction request latency distribution"]
+    assert heatmap == [
+        "sum by (le) (increase(http_request_duration_seconds_bucket"
+        '{job="prediction-service", instance=~".*", handler=~"/predict.*"}[1m]))'
+    ]
+    assert SUBSTITUTIONS["instance"] == ".*"

@@ -1,0 +1,211 @@
+"""The Prometheus configuration, rules and runbook: promtool validates them and runs their unit tests, and
+the rules are held to the contract of docs/design.md (names, labels, annotations, runbook sections, tests).
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[1]
+PROMETHEUS_DIR = ROOT / "prometheus"
+CONFIG_FILE = PROMETHEUS_DIR / "prometheus.yml"
+RECORDING_RULES_FILE = PROMETHEUS_DIR / "rules" / "recording_rules.yml"
+ALERT_RULES_FILE = PROMETHEUS_DIR / "rules" / "alert_rules.yml"
+RULE_FILES = [RECORDING_RULES_FILE, ALERT_RULES_FILE]
+RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
+DESIGN = ROOT / "docs" / "design.md"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+RUNBOOK_URL = "https://github.com/iris-prediction-monitor/iris-prediction-monitor/blob/main/docs/runbook.md"
+DASHBOARD_URL_BY_CATEGORY = {
+    "model_quality": "http://localhost:3000/d/model-monitoring/model-monitoring",
+    "service_health": "http://localhost:3000/d/prediction-service/prediction-service",
+}
+REQUIRED_ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def rules(path: Path) -> list[dict]:
+    return [rule for group in load_yaml(path)["groups"] for rule in group["rules"]]
+
+
+ALERTS = {rule["alert"]: rule for rule in rules(ALERT_RULES_FILE)}
+RECORDS = {rule["record"] for rule in rules(RECORDING_RULES_FILE)}
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not on PATH: install Debian's `prometheus` package (it ships promtool)")
+    return path
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------- promtool
+
+
+def test_config_is_valid(promtool: str):
+    result = run([promtool, "check", "config", rel(CONFIG_FILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda p: p.name)
+def test_rule_file_is_valid_and_lint_free(promtool: str, rule_file: Path):
+    result = run([promtool, "check", "rules", "--lint-fatal", rel(rule_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_there_are_rule_unit_tests():
+    assert RULE_TEST_FILES, "no promtool test files in prometheus/tests/"
+
+
+@pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
+def test_promtool_unit_tests_pass(promtool: str, test_file: Path):
+    result = run([promtool, "test", "rules", rel(test_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------ prometheus.yml
+
+
+def test_config_scrapes_the_three_jobs_with_one_static_target_each():
+    config = load_yaml(CONFIG_FILE)
+    assert config["global"]["scrape_interval"] == "10s"
+    assert config["global"]["evaluation_interval"] == "10s"
+    targets = {
+        job["job_name"]: [target for entry in job["static_configs"] for target in entry["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets == {
+        "prediction-service": ["localhost:8000"],
+        "prometheus": ["localhost:9090"],
+        "alertmanager": ["localhost:9093"],
+    }
+    assert config["rule_files"] == ["rules/recording_rules.yml", "rules/alert_rules.yml"]
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["localhost:9093"]}]}]
+
+
+# ----------------------------------------------------------------------------------- design contract
+
+
+def test_recording_rules_are_exactly_those_of_the_design():
+    table_names = set(re.findall(r"^\| `([a-z_]+:[a-z_]+:[a-z0-9_]+)` \|", DESIGN.read_text(), re.M))
+    assert table_names, "no recording rule table found in docs/design.md"
+    assert RECORDS == table_names
+
+
+def test_alerts_are_exactly_those_of_the_design():
+    bullet = re.search(r"^- Alerts:(.*?)^- ", DESIGN.read_text(), re.M | re.S)
+    assert bullet, "no '- Alerts:' bullet in docs/design.md"
+    assert set(ALERTS) == set(re.findall(r"`([A-Z][A-Za-z]+)`", bullet.group(1)))
+
+
+# ------------------------------------------------------------------------------------------- alerts
+
+
+@pytest.mark.parametrize("name", sorted(ALERTS))
+def test_alert_has_for_severity_category_and_annotations(name: str):
+    alert = ALERTS[name]
+    assert alert.get("for"), f"{name} has no `for`"
+    assert alert["labels"]["severity"] in {"critical", "warning"}
+    assert alert["labels"]["category"] in DASHBOARD_URL_BY_CATEGORY
+    missing = REQUIRED_ANNOTATIONS - {key for key, value in alert["annotations"].items() if value}
+    assert not missing, f"{name} lacks annotations {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(ALERTS))
+def test_alert_description_shows_the_current_value(name: str):
+    assert "$value" in ALERTS[name]["annotations"]["description"]
+
+
+@pytest.mark.parametrize("name", sorted(ALERTS))
+def test_alert_dashboard_url_matches_its_category(name: str):
+    alert = ALERTS[name]
+    expected = DASHBOARD_URL_BY_CATEGORY[alert["labels"]["category"]]
+    assert re.fullmatch(re.escape(expected) + r"(\?.*)?", alert["annotations"]["dashboard_url"])
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+RUNBOOK_ANCHORS = {
+    github_anchor(line.lstrip("#")) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALERTS))
+def test_alert_runbook_url_points_at_its_runbook_section(name: str):
+    url = ALERTS[name]["annotations"]["runbook_url"]
+    assert url == f"{RUNBOOK_URL}#{name.lower()}"
+    assert name.lower() in RUNBOOK_ANCHORS, f"docs/runbook.md has no section headed {name}"
+
+
+# ----------------------------------------------------------------------------- coverage of the tests
+
+RULE_TESTS = {path.name: load_yaml(path) for path in RULE_TEST_FILES}
+
+
+def promql_exprs() -> list[str]:
+    return [
+        case["expr"]
+        for test_file in RULE_TESTS.values()
+        for group in test_file["tests"]
+        for case in group.get("promql_expr_test", [])
+    ]
+
+
+def alert_cases(name: str) -> list[dict]:
+    return [
+        case
+        for test_file in RULE_TESTS.values()
+        for group in test_file["tests"]
+        for case in group.get("alert_rule_test", [])
+        if case["alertname"] == name
+    ]
+
+
+@pytest.mark.parametrize("record", sorted(RECORDS))
+def test_recording_rule_has_an_exact_value_test(record: str):
+    pattern = re.compile(rf"(?<![\w:]){re.escape(record)}(?![\w:])")
+    assert any(pattern.search(expr) for expr in promql_exprs()), f"no promql_expr_test queries {record}"
+
+
+@pytest.mark.parametrize("name", sorted(ALERTS))
+def test_alert_is_tested_firing_and_quiet(name: str):
+    cases = alert_cases(name)
+    assert any(case.get("exp_alerts") for case in cases), f"no test shows {name} firing"
+    assert any(not case.get("exp_alerts") for case in cases), f"no test shows {name} quiet"
+
+
+@pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
+def test_rule_test_file_is_deterministic_and_uses_the_shipped_rules(test_file: Path):
+    spec = RULE_TESTS[test_file.name]
+    rule_files = [(test_file.parent / name).resolve() for name in spec["rule_files"]]
+    assert all(not Path(name).is_absolute() for name in spec["rule_files"])
+    assert set(rule_files) <= set(RULE_FILES)
+    # Without `interval` promtool 2.42 fires no alert at all; without evaluation_interval it evaluates
+    # every minute, not every 10s like prometheus.yml.
+    assert spec.get("evaluation_interval") == "10s"
+    assert all(group.get("interval") for group in spec["tests"])
+    if ALERT_RULES_FILE in rule_files:
+        # Otherwise promtool evaluates groups in random order and `for` timings flip between runs.
+        group_names = {path: [g["name"] for g in load_yaml(path)["groups"]] for path in rule_files}
+        expected = [name for path in RULE_FILES if path in rule_files for name in group_names[path]]
+        assert spec.get("group_eval_order") == expected
