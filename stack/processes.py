@@ -70,6 +70,12 @@ class Stack:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, name)}"
 
+    def query(self, promql: str) -> list[dict]:
+        """The result vector of an instant query against this stack's Prometheus."""
+        response = httpx.get(self.url("prometheus") + "/api/v1/query", params={"query": promql}, timeout=5.0)
+        response.raise_for_status()
+        return response.json()["data"]["result"]
+
     def _spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen, Path]:

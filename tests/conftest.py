@@ -1,11 +1,18 @@
 """Shared fixtures: models trained once per session into a temporary folder, free ports."""
 
 import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from service.training import train
+from stack.processes import Ports, Stack
+from stack.slack_receiver import SlackReceiver
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,8 +23,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def poll(condition: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
+    """Call `condition` every `interval` seconds until it returns something truthy, for at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("models")
     train(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def slack_receiver() -> Iterator[SlackReceiver]:
+    with SlackReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path, slack_receiver: SlackReceiver
+) -> Iterator[Stack]:
+    """The real service (2 workers), Prometheus and Alertmanager with the shipped configs, on free ports."""
+    run_dir = tmp_path_factory.mktemp("stack")
+    webhook_file = run_dir / "slack_webhook_url"
+    webhook_file.write_text(slack_receiver.url)
+    running = Stack(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        slack_webhook_url_file=webhook_file,
+        ports=Ports(free_port(), free_port(), free_port()),
+        service_env={"SERVICE_WORKERS": "2"},
+    )
+    running.start()
+    yield running
+    running.stop()
