@@ -41,13 +41,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slack_receiver() -> Iterator[SlackReceiver]:
     with SlackReceiver() as receiver:
         yield receiver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one per test module: one module's traffic must not skew another's windows
 def stack(
     tmp_path_factory: pytest.TempPathFactory, model_dir: Path, slack_receiver: SlackReceiver
 ) -> Iterator[Stack]:
