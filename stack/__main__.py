@@ -38,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"prometheus    {stack.url('prometheus')}  (alerts: {stack.url('prometheus')}/alerts)")
         print(f"alertmanager  {stack.url('alertmanager')}")
         if receiver is not None:
-            print(
-                f"slack         no {args.slack_webhook_url_file}: messages print here (local stand-in)"
-            )
+            print(f"slack         no {args.slack_webhook_url_file}: messages print here (local stand-in)")
         else:
             print(f"slack         webhook URL read from {webhook_file}")
         print(f"logs and data {run_dir}")
