@@ -1,36 +1,36 @@
 """The HTTP API: the book's paths and shapes, plus /ready, /metrics and /predict/batch.
 
 Routes stay thin: they read the request, hand it to the Predictor and turn its Outcome into a response.
+The POST prediction routes are declared here (schema, 405 for other methods) but served by
+`service.prediction_routes`, a plain ASGI path in front of FastAPI's routing.
 """
 
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import prometheus_client
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from pydantic import BaseModel, Field
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from service.http_metrics import HttpMetricsMiddleware
 from service.metrics import ServiceMetrics
 from service.model import Model
+from service.multiproc_compaction import multiprocess_registry
 from service.prediction_log import PredictionLog, RotatingFileSink, StreamSink
+from service.prediction_routes import PredictionRoute
 from service.predictor import Answer, Outcome, Predictor, job_id_for
 from service.settings import Settings
-from service.validation import InvalidInput, Reason
+from service.validation import MAX_ABS_VALUE, Reason
 
 SAMPLE_ROW = [5.1, 3.5, 1.4, 0.2]  # the book's test input, served by /predict/test
-
-
-class PredictRequest(BaseModel):
-    """Request body of the prediction endpoints (documentation only: bodies are validated by hand)."""
-
-    data: list[list[float]] = Field(examples=[[SAMPLE_ROW]], description="Rows of 4 finite numbers.")
 
 
 class PredictResponse(BaseModel):
@@ -66,12 +66,22 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "The input is not rows of finite numbers of the right shape"),
     )
 }
-BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+
+
+def body_schema(n_features: int, max_rows: int) -> dict[str, Any]:
+    """The request body as validation accepts it (validation itself is by hand, for speed)."""
+    number = {"type": "number", "minimum": -MAX_ABS_VALUE, "maximum": MAX_ABS_VALUE}
+    row = {"type": "array", "items": number, "minItems": n_features, "maxItems": n_features}
+    data = {
+        "type": "array",
+        "items": row,
+        "minItems": 1,
+        "maxItems": max_rows,
+        "description": f"Rows of {n_features} finite numbers.",
+        "examples": [[SAMPLE_ROW]],
     }
-}
+    schema = {"type": "object", "properties": {"data": data}, "required": ["data"], "title": "PredictRequest"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def json_response(body: Any, status_code: int = 200, job_id: str | None = None) -> Response:
@@ -85,26 +95,35 @@ def outcome_response(outcome: Outcome) -> Response:
     return json_response(outcome.body, outcome.status_code, outcome.job_id)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(Reason.BODY_TOO_LARGE, f"body has {declared} bytes; the limit is {max_bytes}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise InvalidInput(Reason.BODY_TOO_LARGE, f"body is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class ServiceApp(FastAPI):
+    """FastAPI, except that POST requests to the prediction paths go straight to their PredictionRoute.
+
+    Those requests bypass FastAPI's middleware stack: PredictionRoute counts and times them itself, and a
+    middleware added to the app later would not see them.
+    """
+
+    prediction_routes: dict[str, PredictionRoute]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self.prediction_routes.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+# The endpoint FastAPI documents for the POST prediction paths; ServiceApp never lets a POST reach it.
+# (No docstring: FastAPI would publish it as the operations' description.)
+def served_by_prediction_route() -> Response:
+    raise RuntimeError("POST prediction requests are served by service.prediction_routes.PredictionRoute")
 
 
 def metrics_exposition(metrics: ServiceMetrics) -> bytes:
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         # gunicorn workers each write their own files: merge them on every scrape
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return generate_latest(multiprocess_registry(Path(directory)))
     return generate_latest(metrics.registry)
 
 
@@ -140,25 +159,12 @@ def create_app(
         if log is not None:
             log.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="Iris prediction service",
         version=model.version,
         description="Iris classifier with a One-class SVM outlier detector, monitored by Prometheus.",
         lifespan=lifespan,
     )
-
-    async def predict_body(request: Request, endpoint: str, answer: Answer) -> Response:
-        started = time.perf_counter()
-        predictor: Predictor = state["predictor"]
-        job_id = job_id_for(request.headers.get("x-request-id"))
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-        except InvalidInput as error:
-            return outcome_response(predictor.reject(endpoint, error, b"", job_id, started))
-        outcome = predictor.handle_body(
-            endpoint, answer, body, request.headers.get("content-type"), job_id, started
-        )
-        return outcome_response(outcome)
 
     def predict_sample(request: Request, endpoint: str, answer: Answer) -> Response:
         started = time.perf_counter()
@@ -205,39 +211,44 @@ def create_app(
     async def predict_test_label(request: Request) -> Response:
         return predict_sample(request, "/predict/test/label", Answer.LABEL)
 
-    @app.post(
-        "/predict",
-        summary="Class probabilities for one row",
-        response_model=PredictResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=BODY_SCHEMA,
+    one_row = body_schema(model.n_features, 1)
+    prediction_endpoints = (
+        ("/predict", "predict", Answer.PROBABILITIES, "Probabilities of one row", PredictResponse, one_row),
+        ("/predict/label", "predict_label", Answer.LABEL, "Label for one row", PredictResponse, one_row),
+        (
+            "/predict/batch",
+            "predict_batch",
+            Answer.BATCH,
+            f"One result per row, up to SERVICE_MAX_BATCH_ROWS ({settings.max_batch_rows}) rows",
+            BatchResponse,
+            body_schema(model.n_features, settings.max_batch_rows),
+        ),
     )
-    async def predict(request: Request) -> Response:
-        return await predict_body(request, "/predict", Answer.PROBABILITIES)
+    app.prediction_routes = {}
+    for path, name, answer, summary, response_model, request_body in prediction_endpoints:
+        app.prediction_routes[path] = PredictionRoute(
+            path,
+            answer,
+            lambda: state["predictor"],
+            settings.max_body_bytes,
+            metrics if settings.metrics_enabled else None,
+        )
+        app.add_api_route(
+            path,
+            served_by_prediction_route,
+            methods=["POST"],
+            name=name,
+            summary=summary,
+            response_model=response_model,
+            responses=ERROR_RESPONSES,
+            openapi_extra=request_body,
+        )
 
-    @app.post(
-        "/predict/label",
-        summary="Label for one row",
-        response_model=PredictResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=BODY_SCHEMA,
-    )
-    async def predict_label(request: Request) -> Response:
-        return await predict_body(request, "/predict/label", Answer.LABEL)
+    if settings.metrics_port is None:  # else the gunicorn master serves them on their own port
 
-    @app.post(
-        "/predict/batch",
-        summary=f"One result per row, up to SERVICE_MAX_BATCH_ROWS ({settings.max_batch_rows}) rows",
-        response_model=BatchResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=BODY_SCHEMA,
-    )
-    async def predict_batch(request: Request) -> Response:
-        return await predict_body(request, "/predict/batch", Answer.BATCH)
-
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(metrics_exposition(metrics), media_type=CONTENT_TYPE_LATEST)
+        @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+        async def metrics_endpoint() -> Response:
+            return Response(metrics_exposition(metrics), media_type=CONTENT_TYPE_LATEST)
 
     if settings.metrics_enabled:
         handlers = {route.path for route in app.routes}

@@ -1,17 +1,19 @@
 """The prediction log: one JSON object per line for every prediction request, valid or not.
 
-Requests only put a record on a queue; a background thread encodes and writes. Several gunicorn workers
-share one destination, so every write (and every rotation of the log file) happens under an exclusive
-`flock`: lines never interleave and rotation never loses or duplicates a line.
+Requests encode their record and append the line to a buffer; a background thread writes. Several gunicorn
+workers share one destination, so every write (and every rotation of the log file) happens under an
+exclusive `flock`: lines never interleave and rotation never loses or duplicates a line.
 """
 
 import fcntl
 import gzip
+import math
 import os
-import queue
 import shutil
 import sys
 import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +22,13 @@ import orjson
 
 MAX_LOGGED_BODY_CHARS = 2048  # a rejected body is logged as text, cut to this many characters
 _BATCH_LINES = 512
-_STOP = object()
+FLUSH_SECONDS = 0.05  # a line reaches the sink at most this long after its request
+# Lines waiting for a slow sink (a rotation compressing a full file, say) hold memory: past this many bytes,
+# `write` waits for the writer thread instead of letting memory grow without bound.
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+# Rotation compresses a full file while holding the lock every worker writes under. On these JSON lines
+# level 1 is 4x as fast as gzip's default 9 (~260 against ~65 MiB/s) for files ~12% larger.
+ROTATED_GZIP_LEVEL = 1
 
 
 class Sink(Protocol):
@@ -94,7 +102,10 @@ class RotatingFileSink:
         for index in range(self._backup_count - 1, 0, -1):
             if self._rotated(index).exists():
                 os.replace(self._rotated(index), self._rotated(index + 1))
-        with open(self.path, "rb") as source, gzip.open(self._rotated(1), "wb") as target:
+        with (
+            open(self.path, "rb") as source,
+            gzip.open(self._rotated(1), "wb", compresslevel=ROTATED_GZIP_LEVEL) as target,
+        ):
             shutil.copyfileobj(source, target)
         os.unlink(self.path)
         self._open()
@@ -115,46 +126,102 @@ class RotatingFileSink:
         self._lock.close()
 
 
+class UtcIsoFormat:
+    """`datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")`, 4× faster.
+
+    The date and time of day change once a second, so they are formatted once a second; the microseconds
+    are rounded as datetime rounds them (half to even).
+    """
+
+    def __init__(self) -> None:
+        self._second_and_prefix = (0, "1970-01-01T00:00:00")  # one attribute: swapped atomically
+
+    def __call__(self, timestamp: float) -> str:
+        fraction, whole = math.modf(timestamp)
+        second = int(whole)
+        microsecond = round(fraction * 1e6)
+        if microsecond >= 1_000_000:
+            second, microsecond = second + 1, microsecond - 1_000_000
+        elif microsecond < 0:
+            second, microsecond = second - 1, microsecond + 1_000_000
+        cached_second, prefix = self._second_and_prefix
+        if second != cached_second:
+            prefix = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:-6]
+            self._second_and_prefix = (second, prefix)
+        return f"{prefix}.{microsecond:06d}+00:00"
+
+
+_utc_iso = UtcIsoFormat()
+
+
 def _encode(record: dict[str, Any]) -> bytes:
-    record["timestamp"] = datetime.fromtimestamp(record["timestamp"], UTC).isoformat(timespec="microseconds")
+    record["timestamp"] = _utc_iso(record["timestamp"])
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 class PredictionLog:
-    """Queue in front of a sink: `write` never blocks the request; a thread does the encoding and I/O."""
+    """A buffer in front of a sink: `write` encodes a record (orjson, about a microsecond) and appends the
+    line; a thread writes the lines in batches.
 
-    def __init__(self, sink: Sink) -> None:
+    The thread wakes every `flush_seconds`, or as soon as a batch is full, rather than once per record:
+    waking a thread for every request costs a system call and a GIL hand-over, and a thread that encodes
+    holds the GIL while requests wait for it — measured, either costs more than encoding in `write`.
+    """
+
+    def __init__(self, sink: Sink, flush_seconds: float = FLUSH_SECONDS) -> None:
         self._sink = sink
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._flush_seconds = flush_seconds
+        self._pending: deque[bytes] = deque()  # append and popleft are thread-safe
+        # each counter has one writer: `write`'s thread (the event loop) and the writer thread
+        self._appended_bytes = 0
+        self._written_bytes = 0
+        self._wake = threading.Event()
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
     def write(self, record: dict[str, Any]) -> None:
-        """record: JSON-able values and numpy arrays; `timestamp` is seconds since the epoch."""
-        self._queue.put(record)
+        """record: JSON-able values and numpy arrays; `timestamp` is seconds since the epoch (changed in place
+        to its ISO 8601 text)."""
+        line = _encode(record)
+        self._pending.append(line)
+        self._appended_bytes += len(line)
+        if len(self._pending) == _BATCH_LINES:
+            self._wake.set()
+        if self._appended_bytes - self._written_bytes > MAX_PENDING_BYTES:
+            self._wait_for_the_writer()
+
+    def _wait_for_the_writer(self) -> None:
+        """Back-pressure: block the caller until the writer thread has caught up by half."""
+        while self._appended_bytes - self._written_bytes > MAX_PENDING_BYTES // 2 and self._thread.is_alive():
+            self._wake.set()
+            time.sleep(0.001)
 
     def _run(self) -> None:
         while True:
-            records = [self._queue.get()]
-            while len(records) < _BATCH_LINES:
-                try:
-                    records.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = _STOP in records
-            if stop:
-                records = records[: records.index(_STOP)]
-            if records:
-                try:
-                    self._sink.write(b"".join(_encode(record) for record in records))
-                except Exception as error:  # a full disk must not kill the thread and pile up the queue
-                    print(f"prediction log: dropped {len(records)} lines: {error!r}", file=sys.stderr)
-            if stop:
+            self._wake.wait(self._flush_seconds)
+            self._wake.clear()
+            closing = self._closing  # read after clear(): a close() from now on wakes the next wait
+            while self._pending:
+                self._write_batch()
+            if closing:
                 return
 
+    def _write_batch(self) -> None:
+        lines = []
+        while self._pending and len(lines) < _BATCH_LINES:
+            lines.append(self._pending.popleft())
+        data = b"".join(lines)
+        try:
+            self._sink.write(data)
+        except Exception as error:  # a full disk must not kill the thread and pile up the buffer
+            print(f"prediction log: dropped {len(lines)} lines: {error!r}", file=sys.stderr)
+        self._written_bytes += len(data)
+
     def close(self) -> None:
-        """Write everything queued so far, then stop the thread."""
-        self._queue.put(_STOP)
+        """Write everything written so far, then stop the thread."""
+        self._closing = True
+        self._wake.set()
         self._thread.join()
         self._sink.close()
 

@@ -7,18 +7,20 @@ picks its value storage at import time; `serve` sets it and only then imports th
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
+from service.http_protocol import CoalescingHttpToolsProtocol
 from service.settings import Settings
 
 
 class Worker(UvicornWorker):
     # The prediction log already records every prediction; a second access log line per request only
-    # costs time.
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "access_log": False}
+    # costs time. The http protocol is uvicorn's httptools one, writing each response in one go.
+    CONFIG_KWARGS = {"loop": "auto", "http": CoalescingHttpToolsProtocol, "access_log": False}
 
 
 def reset_multiproc_dir(path: str) -> None:
@@ -30,7 +32,10 @@ def reset_multiproc_dir(path: str) -> None:
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
+    from service.multiproc_compaction import fold_dead_worker
+
     multiprocess.mark_process_dead(worker.pid)
+    fold_dead_worker(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), worker.pid)
 
 
 def load_service_app(settings: Settings) -> Any:
@@ -39,8 +44,23 @@ def load_service_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+def _serve_metrics_port(settings: Settings) -> Callable[[Any], None]:
+    """gunicorn `when_ready` hook: the master serves /metrics on its own port, apart from the API."""
+
+    def when_ready(server: Any) -> None:
+        from prometheus_client import start_http_server
+
+        from service.multiproc_compaction import multiprocess_registry
+
+        registry = multiprocess_registry(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        server.log.info("metrics on http://%s:%s/metrics", settings.host, settings.metrics_port)
+
+    return when_ready
+
+
 class GunicornServer(BaseApplication):
-    """`load_app` builds the ASGI app in each worker; the benchmark passes its bare app to measure the stack."""
+    """`load_app` builds the ASGI app in each worker; the benchmark passes a bare app to measure the stack."""
 
     def __init__(self, settings: Settings, load_app: Callable[[Settings], Any] = load_service_app) -> None:
         self.settings = settings
@@ -61,6 +81,8 @@ class GunicornServer(BaseApplication):
             # gunicorn 22+ opens a control socket in $HOME by default; two instances would collide
             "control_socket_disable": True,
         }
+        if settings.metrics_port is not None:
+            options["when_ready"] = _serve_metrics_port(settings)
         for key, value in options.items():
             self.cfg.set(key, value)
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         Path(".run/prometheus-multiproc"),
         description="Where gunicorn workers keep their metric files (emptied at start).",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port (from the gunicorn master) and not on the API port.",
+    )
     max_requests: int = Field(
         0, ge=0, description="Recycle a worker after this many requests (0: never); jitter is 10%."
     )

@@ -3,6 +3,7 @@
 import json
 import random
 import string
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,8 +21,10 @@ from sklearn.datasets import load_iris
 
 from service.app import create_app
 from service.metrics import HTTP_METHODS, ServiceMetrics
+from service.model import Model
 from service.model_files import FEATURE_NAMES, LABELS, METADATA_FILE
 from service.prediction_log import MAX_LOGGED_BODY_CHARS, PredictionLog
+from service.predictor import Answer, Predictor
 from service.settings import Settings
 from service.validation import Reason
 
@@ -690,3 +693,23 @@ def test_body_with_newlines_is_logged_as_exactly_one_line(service: Service) -> N
     lines = service.log_records()
     assert len(lines) == 1
     assert lines[0]["input"] == body.decode()
+
+
+def test_rows_the_model_cannot_score_are_rejected_not_answered_with_nan(model_dir: Path) -> None:
+    # Validation stops values beyond ±1e30; the predictor still guards against a model whose scaling
+    # overflows (here: float32 values near its limit, passed straight to the predictor).
+    metrics = ServiceMetrics(CollectorRegistry())
+    sink = MemorySink()
+    log = PredictionLog(sink)
+    model = Model(model_dir)
+    predictor = Predictor(model, 10, metrics, log)
+    rows = np.array([[-2.7e38, 3.0e38, 1.1e16, 0.0]], dtype=np.float32)
+    outcome = predictor.predict("/predict", Answer.PROBABILITIES, rows, "job-1", time.perf_counter())
+    log.close()
+    assert (outcome.status_code, outcome.body["reason"]) == (422, "out_of_range")
+    assert metrics.registry.get_sample_value("model_invalid_requests_total", {"reason": "out_of_range"}) == 1
+    assert not metrics.registry.get_sample_value(
+        "model_outliers_total", {"model_version": Model(model_dir).version}
+    )
+    (line,) = sink.lines()
+    assert json.loads(line)["error"]["reason"] == "out_of_range"

@@ -104,10 +104,10 @@ def test_valid_single_row_becomes_a_float32_array_of_shape_1_by_4() -> None:
 
 
 def test_valid_batch_of_integers_and_floats_becomes_a_float32_array_of_shape_n_by_4() -> None:
-    rows = parse_rows(body_with("[1, 2, 3, 4]", "[0.5, -1e-3, 3.4e38, 0]"), N_FEATURES, MAX_ROWS)
+    rows = parse_rows(body_with("[1, 2, 3, 4]", "[0.5, -1e-3, 1e30, 0]"), N_FEATURES, MAX_ROWS)
     assert rows.dtype == np.float32
     assert rows.shape == (2, 4)
-    np.testing.assert_array_equal(rows, np.array([[1, 2, 3, 4], [0.5, -1e-3, 3.4e38, 0]], dtype=np.float32))
+    np.testing.assert_array_equal(rows, np.array([[1, 2, 3, 4], [0.5, -1e-3, 1e30, 0]], dtype=np.float32))
 
 
 def test_deeply_nested_json_is_invalid_json() -> None:
