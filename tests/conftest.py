@@ -1,5 +1,6 @@
 """Shared fixtures: models trained once per session into a temporary folder, free ports."""
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class MemorySink:
+    """A prediction log sink that keeps the bytes it is given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def lines(self) -> list[bytes]:
+        data = b"".join(self.chunks)
+        assert data == b"" or data.endswith(b"\n")
+        return data.split(b"\n")[:-1]
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines()]
 
 
 def poll(condition: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MemorySink
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -33,24 +34,6 @@ FAR_AWAY_ROW = [100.0, 100.0, 100.0, 100.0]
 MAX_BODY_BYTES = 1_048_576
 PREDICTION_KEYS = {"job_id", "prediction", "is_outlier", "outlier_score"}
 ERROR_KEYS = {"detail", "reason", "job_id"}
-
-
-class MemorySink:
-    """A prediction log sink that keeps the bytes it is given."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def close(self) -> None:
-        pass
-
-    def lines(self) -> list[bytes]:
-        data = b"".join(self.chunks)
-        assert data == b"" or data.endswith(b"\n")
-        return data.split(b"\n")[:-1]
 
 
 @dataclass

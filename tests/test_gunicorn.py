@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
 from service.model_files import CLASSIFIER_FILE, FEATURE_NAMES, LABELS, METADATA_FILE
+from stack.service_process import service_env
 
 N_REQUESTS = 400
 CONNECTIONS = 8
@@ -57,21 +58,8 @@ class Run:
         return self.value(name, model_version=self.metadata["model_version"], **labels)
 
 
-def service_env(model_dir: Path, tmp: Path, port: int) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("SERVICE_") and key != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(
-        SERVICE_HOST="127.0.0.1",
-        SERVICE_PORT=str(port),
-        SERVICE_WORKERS="2",
-        SERVICE_MODEL_DIR=str(model_dir),
-        SERVICE_MULTIPROC_DIR=str(tmp / "multiproc"),
-        SERVICE_LOG_FILE=str(tmp / "predictions.jsonl"),
-    )
-    return env
+def gunicorn_env(model_dir: Path, tmp: Path, port: int) -> dict[str, str]:
+    return service_env(model_dir, tmp, port, workers="2", log_file=str(tmp / "predictions.jsonl"))
 
 
 def start_serve(env: dict[str, str], output: Path) -> subprocess.Popen:
@@ -173,7 +161,7 @@ def run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = service_env(model_dir, tmp, port)
+    env = gunicorn_env(model_dir, tmp, port)
     multiproc_dir = Path(env["SERVICE_MULTIPROC_DIR"])
     stale_file = plant_stale_metric_file(multiproc_dir, metadata["model_version"])
     output = tmp / "server-output.txt"
@@ -299,7 +287,7 @@ def test_prediction_log_has_one_line_per_request_after_graceful_shutdown(run: Ru
 
 def serve_with_model_dir(model_dir: Path, tmp: Path) -> subprocess.CompletedProcess:
     """Run the production command; it must exit by itself (a server that starts anyway is killed)."""
-    env = service_env(model_dir, tmp, free_port())
+    env = gunicorn_env(model_dir, tmp, free_port())
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         env=env,

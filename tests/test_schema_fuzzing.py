@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from conftest import MemorySink
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -46,20 +47,6 @@ UNDOCUMENTED_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redo
 FUZZ_SETTINGS = settings(
     max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def close(self) -> None:
-        pass
-
-    def records(self) -> list[dict]:
-        return [json.loads(line) for line in b"".join(self.chunks).splitlines()]
 
 
 @dataclass
