@@ -334,11 +334,6 @@ def test_scraped_totals_never_decrease_across_recycling(recycle_run: RecycleRun)
     assert never_decrease(recycle_run.samples), recycle_run.samples
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's graceful shutdown (max_requests reached) closes connections it has accepted but whose "
-    "request it has not parsed yet: the client gets a reset (uvicorn discussion #2315, PR #3124)",
-)
 def test_worker_recycling_drops_no_request(recycle_run: RecycleRun) -> None:
     assert [outcome.error for outcome in recycle_run.load.failed] == []
 
