@@ -2,13 +2,15 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from stack.processes import free_port
+from stack.service_process import child_pids, cpu_seconds, rss_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m bench.bare_app` runs from here
 STARTUP_SECONDS = 60
@@ -17,43 +19,6 @@ STOP_SECONDS = 15
 
 class ServerError(RuntimeError):
     """A server did not come up (the message ends with its log)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def worker_pids(master_pid: int) -> list[int]:
-    """The gunicorn workers: every process whose parent is the master."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        # the command name in parentheses may hold spaces: the fields after it are fixed
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == master_pid:
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size from /proc/<pid>/status (VmRSS, in kB there)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ServerError(f"process {pid} has no VmRSS")
 
 
 class Server:
@@ -113,13 +78,16 @@ class Server:
         return self._process
 
     def worker_pids(self) -> list[int]:
-        return worker_pids(self.process.pid)
+        return sorted(child_pids(self.process.pid))
 
     def worker_cpu_seconds(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
     def worker_rss_bytes(self) -> list[int]:
-        return [rss_bytes(pid) for pid in self.worker_pids()]
+        sizes = [rss_bytes(pid) for pid in self.worker_pids()]
+        if 0 in sizes:
+            raise ServerError(f"a worker exited while its memory was read: {self.worker_pids()}")
+        return sizes
 
     def log_tail(self, lines: int = 30) -> str:
         try:

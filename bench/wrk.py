@@ -40,6 +40,10 @@ class WrkResult:
     socket_errors: int
 
     @property
+    def errors(self) -> int:
+        return self.non_2xx + self.socket_errors
+
+    @property
     def p50_seconds(self) -> float:
         return self.latency_seconds[50.0]
 

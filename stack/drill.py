@@ -8,7 +8,6 @@ message arrives. Bounded: every phase has a deadline and the traffic stops by it
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -18,25 +17,37 @@ from pathlib import Path
 import httpx
 
 from service.traffic import RowSource, Scenario, load_training_rows
-from stack.processes import Ports, Stack
+from stack.processes import stack_on_free_ports
 from stack.slack_receiver import SlackReceiver
 
+NORMAL = Scenario("normal")
 MODEL_QUALITY_ALERTS = ("ModelOutlierRatioHigh", "ModelInputFeatureMeanDrift")
 
 
 class SteadyTraffic(threading.Thread):
     """Single-row POST /predict at a steady rate from a switchable scenario, for at most `max_seconds`."""
 
-    def __init__(self, url: str, model_dir: Path, rate: float, max_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        model_dir: Path,
+        rate: float,
+        max_seconds: float,
+        scenario: Scenario = NORMAL,
+    ) -> None:
         super().__init__(name="traffic", daemon=True)
         self._rows, self._features = load_training_rows(model_dir)
-        self._source = RowSource(self._rows, self._features, Scenario("normal"), seed=1)
+        self._source = RowSource(self._rows, self._features, scenario, seed=1)
         self._url = url
         self._rate = rate
         self._max_seconds = max_seconds
         self._stop_event = threading.Event()
         self.sent = 0
-        self.failed = 0
+        self.failures: list[str] = []
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     def switch(self, scenario: Scenario) -> None:
         self._source = RowSource(self._rows, self._features, scenario, seed=self.sent)
@@ -47,9 +58,10 @@ class SteadyTraffic(threading.Thread):
             while not self._stop_event.is_set() and time.monotonic() - started < self._max_seconds:
                 try:
                     response = client.post("/predict", json={"data": [self._source.next_row()]})
-                    self.failed += response.status_code != 200
-                except httpx.HTTPError:
-                    self.failed += 1
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    self.failures.append(repr(error))
                 self.sent += 1
                 # pace by the schedule so the rate holds whatever each request costs
                 self._stop_event.wait(max(0.0, started + self.sent / self._rate - time.monotonic()))
@@ -67,22 +79,9 @@ def is_model_quality(message: dict) -> bool:
     return any(name in alert_title(message) for name in MODEL_QUALITY_ALERTS)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def drill(model_dir: Path, normal_minutes: float, rate: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="drill-") as run_dir, SlackReceiver() as receiver:
-        webhook_file = Path(run_dir) / "slack_webhook_url"
-        webhook_file.write_text(receiver.url)
-        stack = Stack(
-            run_dir=Path(run_dir),
-            model_dir=model_dir,
-            slack_webhook_url_file=webhook_file,
-            ports=Ports(free_port(), free_port(), free_port()),
-        )
+        stack = stack_on_free_ports(Path(run_dir), model_dir, receiver.url)
         stack.start()
         traffic = SteadyTraffic(stack.url("service"), model_dir, rate, normal_minutes * 60 + 300)
         try:

@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,13 @@ import httpx
 from stack.configs import render_alertmanager_config, render_prometheus_config
 
 SERVICE_JOB = "prediction-service"
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class StartError(RuntimeError):
@@ -161,3 +169,18 @@ class Stack:
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self.stop_process(name)
+
+
+def stack_on_free_ports(
+    run_dir: Path, model_dir: Path, slack_webhook_url: str, service_env: dict[str, str] | None = None
+) -> Stack:
+    """A Stack (not started) on free 127.0.0.1 ports whose Alertmanager posts to `slack_webhook_url`."""
+    webhook_file = run_dir / "slack_webhook_url"
+    webhook_file.write_text(slack_webhook_url)
+    return Stack(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        slack_webhook_url_file=webhook_file,
+        ports=Ports(free_port(), free_port(), free_port()),
+        service_env=service_env or {},
+    )

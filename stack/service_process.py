@@ -6,7 +6,6 @@ uvicorn workers) and the process ids of its workers, to kill them or to read the
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,6 @@ from pathlib import Path
 import httpx
 
 POLL_SECONDS = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_pids(parent: int) -> set[int]:

@@ -1,7 +1,6 @@
 """Shared fixtures: models trained once per session into a temporary folder, free ports."""
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,18 +9,12 @@ from typing import TypeVar
 import pytest
 
 from service.training import train
-from stack.processes import Ports, Stack
+from stack.processes import Stack, stack_on_free_ports
 from stack.slack_receiver import SlackReceiver
 
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MemorySink:
@@ -74,15 +67,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, model_dir: Path, slack_receiver: SlackReceiver
 ) -> Iterator[Stack]:
     """The real service (2 workers), Prometheus and Alertmanager with the shipped configs, on free ports."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    webhook_file = run_dir / "slack_webhook_url"
-    webhook_file.write_text(slack_receiver.url)
-    running = Stack(
-        run_dir=run_dir,
-        model_dir=model_dir,
-        slack_webhook_url_file=webhook_file,
-        ports=Ports(free_port(), free_port(), free_port()),
-        service_env={"SERVICE_WORKERS": "2"},
+    running = stack_on_free_ports(
+        tmp_path_factory.mktemp("stack"), model_dir, slack_receiver.url, {"SERVICE_WORKERS": "2"}
     )
     running.start()
     yield running

@@ -7,7 +7,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from stack.processes import free_port
 from stack.slack_receiver import SlackReceiver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -457,12 +457,6 @@ def test_receiver_command_has_help() -> None:
         [sys.executable, "-m", "stack.slack_receiver", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert (result.returncode, "--port" in result.stdout, "--host" in result.stdout) == (0, True, True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def lines_of(stream: Any) -> queue.Queue[str]:

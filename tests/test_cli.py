@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+
+from stack.processes import free_port
 
 
 def run_service(*args: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, poll
+from conftest import poll
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -30,8 +30,9 @@ from service.app import create_app
 from service.metrics import ServiceMetrics
 from service.multiproc_compaction import fold_dead_worker, folding_lock, multiprocess_registry
 from service.settings import Settings
-from service.traffic import RowSource, Scenario, load_training_rows
-from stack.processes import Ports, Stack, StartError
+from service.traffic import Scenario
+from stack.drill import SteadyTraffic
+from stack.processes import Stack, free_port, stack_on_free_ports
 from stack.service_process import cpu_seconds, service_env, start_service
 from stack.slack_receiver import SlackReceiver
 
@@ -405,36 +406,6 @@ MAX_TRAFFIC_SECONDS = 300  # the traffic thread stops by itself even if a test i
 ALERT = "ModelOutlierRatioHigh"
 
 
-class Traffic(threading.Thread):
-    """Single-row POST /predict at a steady rate, 40% outliers; counts failures; bounded in time."""
-
-    def __init__(self, url: str, model_dir: Path) -> None:
-        super().__init__(name="traffic", daemon=True)
-        rows, features = load_training_rows(model_dir)
-        self._source = RowSource(rows, features, Scenario("outliers", outlier_fraction=0.4), seed=1)
-        self._url = url
-        self._stop_event = threading.Event()
-        self.sent = 0
-        self.failures: list[str] = []
-
-    def run(self) -> None:
-        started = time.monotonic()
-        with httpx.Client(base_url=self._url, timeout=5.0) as client:
-            while not self._stop_event.is_set() and time.monotonic() - started < MAX_TRAFFIC_SECONDS:
-                try:
-                    response = client.post("/predict", json={"data": [self._source.next_row()]})
-                    if response.status_code != 200:
-                        self.failures.append(f"{response.status_code} {response.text[:200]}")
-                except httpx.HTTPError as error:
-                    self.failures.append(repr(error))
-                self.sent += 1
-                self._stop_event.wait(max(0.0, started + self.sent / TRAFFIC_RATE - time.monotonic()))
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
 def metric_sum(url: str, name: str, **labels: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5.0).text
     return sum(
@@ -446,12 +417,7 @@ def metric_sum(url: str, name: str, **labels: str) -> float:
 
 
 def firing_in_prometheus(stack: Stack) -> bool:
-    response = httpx.get(
-        stack.url("prometheus") + "/api/v1/query",
-        params={"query": f'ALERTS{{alertname="{ALERT}", alertstate="firing"}}'},
-        timeout=5.0,
-    )
-    return bool(response.json()["data"]["result"])
+    return bool(stack.query(f'ALERTS{{alertname="{ALERT}", alertstate="firing"}}'))
 
 
 def is_firing_message(message: dict) -> bool:
@@ -463,29 +429,17 @@ def is_firing_message(message: dict) -> bool:
 class AlertingStack:
     stack: Stack
     receiver: SlackReceiver
-    traffic: Traffic
+    traffic: SteadyTraffic
 
 
 @pytest.fixture(scope="module")
 def alerting(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertingStack]:
     run_dir = tmp_path_factory.mktemp("alerting")
     with SlackReceiver() as receiver:
-        webhook_file = run_dir / "slack_webhook_url"
-        webhook_file.write_text(receiver.url)
-        stack = Stack(
-            run_dir=run_dir,
-            model_dir=model_dir,
-            slack_webhook_url_file=webhook_file,
-            ports=Ports(free_port(), free_port(), free_port()),
-            service_env={"SERVICE_WORKERS": "2"},
-        )
-        try:
-            stack.start()
-        except StartError as error:
-            if "not found" in str(error):
-                pytest.skip(str(error))
-            raise
-        traffic = Traffic(stack.url("service"), model_dir)
+        stack = stack_on_free_ports(run_dir, model_dir, receiver.url, {"SERVICE_WORKERS": "2"})
+        stack.start()
+        outliers = Scenario("outliers", outlier_fraction=0.4)
+        traffic = SteadyTraffic(stack.url("service"), model_dir, TRAFFIC_RATE, MAX_TRAFFIC_SECONDS, outliers)
         try:
             yield AlertingStack(stack, receiver, traffic)
         finally:

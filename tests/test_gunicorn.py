@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
 from service.model_files import CLASSIFIER_FILE, FEATURE_NAMES, LABELS, METADATA_FILE
+from stack.processes import free_port
 from stack.service_process import service_env
 
 N_REQUESTS = 400

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import free_port
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +23,7 @@ from service.app import create_app
 from service.metrics import ServiceMetrics
 from service.prediction_log import PredictionLog
 from service.settings import Settings
+from stack.processes import free_port
 from stack.service_process import service_env, start_service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, poll
+from conftest import poll
+
+from stack.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

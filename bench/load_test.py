@@ -1,4 +1,4 @@
-"""`python -m stack.load_test`: the production server under steady load, with the rotating prediction log on.
+"""`python -m bench.load_test`: the production server under steady load, with the rotating prediction log on.
 
 1. Starts `python -m service serve` on a free loopback port, logging predictions to a file rotated every
    --log-max-bytes (small, so that the run rotates it many times).
@@ -16,20 +16,20 @@ Loopback only; it stops by itself (wrk runs for a fixed time; the server is stop
 
 import argparse
 import gzip
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack.service_process import ServiceProcess, free_port, rss_bytes, service_env, start_service
+from bench.wrk import WrkResult, parse_wrk_output
+from stack.processes import free_port
+from stack.service_process import ServiceProcess, rss_bytes, service_env, start_service
 
 BODY = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 SAMPLE_SECONDS = 10.0
@@ -69,47 +69,17 @@ function response(status, headers, body)
 end
 """
 
-_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)", re.MULTILINE)
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
-
-@dataclass(frozen=True)
-class WrkRun:
-    requests: int
-    seconds: float
-    non_2xx: int
-    socket_errors: int
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def errors(self) -> int:
-        return self.non_2xx + self.socket_errors
-
-
-def run_wrk(url: str, script: str, seconds: float, connections: int, scratch: Path) -> WrkRun:
+def run_wrk(url: str, script: str, seconds: float, connections: int, scratch: Path) -> WrkResult:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     lua = scratch / "load.lua"
     lua.write_text(script)
-    command = [wrk, "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s", str(lua), url]
+    limits = [f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s"]
+    command = [wrk, "-t1", *limits, "--latency", "-s", str(lua), url]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
-    requests = _REQUESTS.search(output)
-    if requests is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    non_2xx = _NON_2XX.search(output)
-    socket_errors = _SOCKET_ERRORS.search(output)
-    return WrkRun(
-        requests=int(requests.group(1)),
-        seconds=float(requests.group(2)) * _SECONDS[requests.group(3)],
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=sum(int(count) for count in socket_errors.groups()) if socket_errors else 0,
-    )
+    return parse_wrk_output(output)
 
 
 def paced_script(rate: float, connections: int) -> str:
@@ -196,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
                 max_rate, burst = args.max_rate, None
             else:
                 burst = run_wrk(url, POST_LUA, 10, 32, scratch)
-                max_rate = burst.rate
+                max_rate = burst.requests_per_second
                 print(
-                    f"maximum: {burst.rate:.0f} requests/s (wrk, 10 s, 32 connections), {burst.errors} errors"
+                    f"maximum: {max_rate:.0f} requests/s (wrk, 10 s, 32 connections), {burst.errors} errors"
                 )
             target = args.rate_fraction * max_rate
             print(
@@ -229,7 +199,10 @@ def run(args: argparse.Namespace) -> int:
         growth = 100.0 * (total_end - total_start) / total_start if total_start else float("nan")
         scrapes = sorted(sampler.scrape_seconds)
         rows = [
-            ("requests (steady)", f"{steady.requests} in {steady.seconds:.0f} s = {steady.rate:.0f}/s"),
+            (
+                "requests (steady)",
+                f"{steady.requests} in {steady.seconds:.0f} s = {steady.requests_per_second:.0f}/s",
+            ),
             ("errors (steady)", f"{steady.errors} (non-2xx {steady.non_2xx}, socket {steady.socket_errors})"),
             *(
                 (f"RSS worker {pid}", f"{megabytes(start_rss[pid])} -> {megabytes(end_rss[pid])}")
@@ -267,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="python -m stack.load_test",
+        prog="python -m bench.load_test",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
