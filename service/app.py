@@ -169,8 +169,9 @@ def create_app(
     def predict_sample(request: Request, endpoint: str, answer: Answer) -> Response:
         started = time.perf_counter()
         job_id = job_id_for(request.headers.get("x-request-id"))
-        rows = np.array([SAMPLE_ROW], dtype=np.float32)
-        return outcome_response(state["predictor"].predict(endpoint, answer, rows, job_id, started))
+        data = [SAMPLE_ROW]
+        rows = np.array(data, dtype=np.float32)
+        return outcome_response(state["predictor"].predict(endpoint, answer, data, rows, job_id, started))
 
     @app.get("/health", summary="Liveness (the book's health check)")
     async def health() -> Response:

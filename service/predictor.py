@@ -3,11 +3,13 @@
 Plain Python, no HTTP: the routes in `service.app` only pass bodies in and responses out.
 """
 
+import math
 import os
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -18,8 +20,6 @@ from service.metrics import ModelMetrics, ServiceMetrics
 from service.model import Model
 from service.prediction_log import PredictionLog, truncate_body
 from service.validation import InvalidInput, Reason, check_content_type, parse_rows
-
-NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 # A client's own request id is kept only if it cannot smuggle anything into logs or headers.
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -99,7 +99,7 @@ class Predictor:
     ) -> Outcome:
         try:
             check_content_type(content_type)
-            rows = parse_rows(
+            data, rows = parse_rows(
                 body,
                 self.model.n_features,
                 self._max_batch_rows,
@@ -107,7 +107,7 @@ class Predictor:
             )
         except InvalidInput as error:
             return self.reject(endpoint, error, body, job_id, started)
-        return self.predict(endpoint, answer, rows, job_id, started)
+        return self.predict(endpoint, answer, data, rows, job_id, started)
 
     def reject(self, endpoint: str, error: InvalidInput, body: bytes, job_id: str, started: float) -> Outcome:
         if self._metrics:
@@ -115,7 +115,7 @@ class Predictor:
         if self._log:
             self._log.write(
                 {
-                    "timestamp": time.time(),
+                    "timestamp": datetime.now(UTC),
                     "job_id": job_id,
                     "endpoint": endpoint,
                     "model_version": self.model.version,
@@ -132,20 +132,27 @@ class Predictor:
         )
 
     def predict(
-        self, endpoint: str, answer: Answer, rows: np.ndarray, job_id: str, started: float
+        self,
+        endpoint: str,
+        answer: Answer,
+        data: list[list[float]],
+        rows: np.ndarray,
+        job_id: str,
+        started: float,
     ) -> Outcome:
+        """data: the rows as the client sent them (logged as such); rows: the same as a float32 array."""
         predictions = self.model.predict(rows)
-        if not np.isfinite(predictions.probabilities).all():
+        probabilities = predictions.probabilities.tolist()
+        if not _all_finite(probabilities, predictions.probabilities):
             # in float32 range, yet so far out that scaling overflows and the probabilities are NaN
             error = InvalidInput(Reason.OUT_OF_RANGE, "values are too extreme for the model to score")
-            return self.reject(endpoint, error, orjson.dumps({"data": rows}, option=NUMPY), job_id, started)
+            return self.reject(endpoint, error, orjson.dumps({"data": data}), job_id, started)
         if self._model_metrics:
             self._model_metrics.record(rows, predictions)
         labels = [self.model.labels[index] for index in predictions.label_indices.tolist()]
         is_outlier = predictions.is_outlier.tolist()
         scores = predictions.outlier_scores.tolist()
         if answer is Answer.BATCH:
-            probabilities = predictions.probabilities.tolist()
             body: dict[str, Any] = {
                 "job_id": job_id,
                 "results": [
@@ -154,27 +161,33 @@ class Predictor:
                 ],
             }
         else:
-            prediction = labels[0] if answer is Answer.LABEL else predictions.probabilities[0].tolist()
             body = {
                 "job_id": job_id,
-                "prediction": prediction,
+                "prediction": labels[0] if answer is Answer.LABEL else probabilities[0],
                 "is_outlier": is_outlier[0],
                 "outlier_score": scores[0],
             }
         if self._log:
             self._log.write(
                 {
-                    "timestamp": time.time(),
+                    "timestamp": datetime.now(UTC),
                     "job_id": job_id,
                     "endpoint": endpoint,
                     "model_version": self.model.version,
                     "latency_ms": (time.perf_counter() - started) * 1000.0,
                     "status": 200,
-                    "input": rows,
-                    "prediction": predictions.probabilities,
+                    "input": data,
+                    "prediction": probabilities,
                     "label": labels,
                     "is_outlier": is_outlier,
                     "outlier_score": scores,
                 }
             )
         return Outcome(200, body, job_id)
+
+
+def _all_finite(probabilities: list[list[float]], array: np.ndarray) -> bool:
+    # one row: a Python sum is 6x as fast as numpy's isfinite; a thousand rows: numpy is 40x as fast
+    if len(probabilities) == 1:
+        return math.isfinite(sum(probabilities[0]))
+    return bool(np.isfinite(array).all())

@@ -94,8 +94,11 @@ def _any_number(value: object, predicate: Callable[[float | int], bool]) -> bool
     return False
 
 
-def parse_rows(body: bytes, n_features: int, max_rows: int, exact_rows: int | None = None) -> np.ndarray:
-    """Validate `{"data": [[f1, ..., fn], ...]}` and return it as a (rows, n_features) float32 array."""
+def parse_rows(
+    body: bytes, n_features: int, max_rows: int, exact_rows: int | None = None
+) -> tuple[list[list[float]], np.ndarray]:
+    """Validate `{"data": [[f1, ..., fn], ...]}`; return the rows as sent (lists of numbers, for the log) and
+    as a (rows, n_features) float32 array."""
     payload = _decode(body)
     if not isinstance(payload, dict) or "data" not in payload:
         raise InvalidInput(Reason.MISSING_DATA, 'body must be a JSON object with a "data" field')
@@ -129,16 +132,17 @@ def parse_rows(body: bytes, n_features: int, max_rows: int, exact_rows: int | No
                         Reason.NON_NUMERIC,
                         f"row {index} holds {_describe(value)}; every value must be a number",
                     )
-    rows = np.array(data, dtype=np.float64)
     # A few values are checked faster in Python than by numpy's ufuncs, which cost a microsecond a call.
-    if len(values) > _PYTHON_CHECK_MAX_VALUES or not (
+    if len(values) <= _PYTHON_CHECK_MAX_VALUES and (
         all(map(math.isfinite, values)) and -MAX_ABS_VALUE <= min(values) and max(values) <= MAX_ABS_VALUE
     ):
-        if not np.isfinite(rows).all():
-            raise InvalidInput(Reason.NON_FINITE, "values must be finite numbers, not NaN or Infinity")
-        if (np.abs(rows) > MAX_ABS_VALUE).any():
-            raise InvalidInput(Reason.OUT_OF_RANGE, OUT_OF_RANGE_MESSAGE)
-    return rows.astype(np.float32)
+        return data, np.array(data, dtype=np.float32)
+    rows = np.array(data, dtype=np.float64)  # checked before the cast to float32, where 1e39 is inf
+    if not np.isfinite(rows).all():
+        raise InvalidInput(Reason.NON_FINITE, "values must be finite numbers, not NaN or Infinity")
+    if (np.abs(rows) > MAX_ABS_VALUE).any():
+        raise InvalidInput(Reason.OUT_OF_RANGE, OUT_OF_RANGE_MESSAGE)
+    return data, rows.astype(np.float32)
 
 
 def _describe(value: object) -> str:

@@ -686,8 +686,9 @@ def test_rows_the_model_cannot_score_are_rejected_not_answered_with_nan(model_di
     log = PredictionLog(sink)
     model = Model(model_dir)
     predictor = Predictor(model, 10, metrics, log)
-    rows = np.array([[-2.7e38, 3.0e38, 1.1e16, 0.0]], dtype=np.float32)
-    outcome = predictor.predict("/predict", Answer.PROBABILITIES, rows, "job-1", time.perf_counter())
+    data = [[-2.7e38, 3.0e38, 1.1e16, 0.0]]
+    rows = np.array(data, dtype=np.float32)
+    outcome = predictor.predict("/predict", Answer.PROBABILITIES, data, rows, "job-1", time.perf_counter())
     log.close()
     assert (outcome.status_code, outcome.body["reason"]) == (422, "out_of_range")
     assert metrics.registry.get_sample_value("model_invalid_requests_total", {"reason": "out_of_range"}) == 1

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,10 @@ def test_a_failing_write_does_not_stop_the_writer_thread(capfd: pytest.CaptureFi
 def test_records_are_json_lines_with_a_utc_iso_timestamp() -> None:
     sink = MemorySink()
     log = PredictionLog(sink)
-    log.write({"timestamp": 0.0, "job_id": "a", "input": "line\nbreak"})
+    timestamp = datetime(2026, 11, 25, 12, 46, 21, 473828, tzinfo=UTC)
+    log.write({"timestamp": timestamp, "job_id": "a", "input": "line\nbreak"})
     log.close()
     assert bytes(sink.data) == (
-        b'{"timestamp":"1970-01-01T00:00:00.000000+00:00","job_id":"a","input":"line\\nbreak"}\n'
+        b'{"timestamp":"2026-11-25T12:46:21.473828+00:00","job_id":"a","input":"line\\nbreak"}\n'
     )
+    assert json.loads(sink.data)["timestamp"] == timestamp.isoformat()

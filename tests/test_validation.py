@@ -74,7 +74,7 @@ def test_more_rows_than_the_limit_are_too_many_rows() -> None:
 
 
 def test_exactly_the_row_limit_is_accepted() -> None:
-    rows = parse_rows(body_with(*["[1, 2, 3, 4]"] * MAX_ROWS), N_FEATURES, MAX_ROWS)
+    _, rows = parse_rows(body_with(*["[1, 2, 3, 4]"] * MAX_ROWS), N_FEATURES, MAX_ROWS)
     assert rows.shape == (MAX_ROWS, N_FEATURES)
 
 
@@ -97,14 +97,16 @@ def test_json_or_missing_content_type_is_accepted(content_type: str | None) -> N
 
 
 def test_valid_single_row_becomes_a_float32_array_of_shape_1_by_4() -> None:
-    rows = parse_rows(body_with("[5.1, 3.5, 1.4, 0.2]"), N_FEATURES, MAX_ROWS, exact_rows=1)
+    data, rows = parse_rows(body_with("[5.1, 3.5, 1.4, 0.2]"), N_FEATURES, MAX_ROWS, exact_rows=1)
+    assert data == [ROW]  # as sent, for the prediction log
     assert rows.dtype == np.float32
     assert rows.shape == (1, 4)
     np.testing.assert_array_equal(rows, np.array([ROW], dtype=np.float32))
 
 
 def test_valid_batch_of_integers_and_floats_becomes_a_float32_array_of_shape_n_by_4() -> None:
-    rows = parse_rows(body_with("[1, 2, 3, 4]", "[0.5, -1e-3, 1e30, 0]"), N_FEATURES, MAX_ROWS)
+    data, rows = parse_rows(body_with("[1, 2, 3, 4]", "[0.5, -1e-3, 1e30, 0]"), N_FEATURES, MAX_ROWS)
+    assert data == [[1, 2, 3, 4], [0.5, -1e-3, 1e30, 0]]
     assert rows.dtype == np.float32
     assert rows.shape == (2, 4)
     np.testing.assert_array_equal(rows, np.array([[1, 2, 3, 4], [0.5, -1e-3, 1e30, 0]], dtype=np.float32))
@@ -144,7 +146,7 @@ bodies = st.one_of(
 
 def check_parse_rows_contract(body: bytes, exact_rows: int | None) -> None:
     try:
-        rows = parse_rows(body, N_FEATURES, MAX_ROWS, exact_rows=exact_rows)
+        data, rows = parse_rows(body, N_FEATURES, MAX_ROWS, exact_rows=exact_rows)
     except InvalidInput as error:
         assert error.reason in set(Reason)
         assert isinstance(error.message, str) and error.message
@@ -154,6 +156,7 @@ def check_parse_rows_contract(body: bytes, exact_rows: int | None) -> None:
     assert 1 <= rows.shape[0] <= MAX_ROWS
     assert exact_rows is None or rows.shape[0] == exact_rows
     assert np.isfinite(rows).all()
+    np.testing.assert_array_equal(rows, np.array(data, dtype=np.float64).astype(np.float32))
 
 
 @settings(max_examples=300, deadline=None, database=None)
