@@ -1,8 +1,9 @@
 """`python -m bench`: every measurement side by side on this machine, loopback only, bounded; one table.
 
-Starts three servers with the production serving command and 2 workers on free 127.0.0.1 ports — the
-service instrumented, the service with metrics and prediction log off, and a bare app on the same server
-stack — measures them in turn with wrk, then stops them and times one prediction in-process.
+Starts four servers with the production serving command and 2 workers on free 127.0.0.1 ports — the
+service instrumented, the service with metrics and prediction log off, a bare app on the same server stack
+and that bare app plus the two raw onnxruntime runs — measures them in turn with wrk, then stops them and
+times one prediction in-process.
 """
 
 import argparse
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
     service_env = {"SERVICE_MODEL_DIR": str(args.model_dir.resolve())}
     servers = {
         "bare": Server("bare", "bench.bare_app", service_env, workdir, args.workers),
+        "model": Server("bare-onnxruntime", "bench.bare_app model", service_env, workdir, args.workers),
         "off": Server(
             "uninstrumented",
             "service serve",
@@ -117,8 +119,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
     try:
         for server in servers.values():
             server.start()
-        for server in servers.values():
-            server.wait_ready("/health" if server is not servers["bare"] else "/")
+        for name, server in servers.items():
+            server.wait_ready("/" if name in ("bare", "model") else "/health")
         for name, server in servers.items():
             warm_up = run_wrk(server.url + "/predict", predict_lua, args.connections, WARM_UP_SECONDS)
             if name == "on":
@@ -136,6 +138,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
                 runs[name].append(measure(server, "/predict", predict_lua, args.connections, args.duration))
         single: dict[str, Run] = {}
         for name, server in servers.items():
+            if name == "model":
+                continue  # its 32-connection figure is the one compared
             say(f"{server.name}, 1 connection")
             single[name] = measure(server, "/predict", predict_lua, 1, args.duration, threads=1)
         served_by_instrumented += sum(run.wrk.requests for run in runs["on"]) + single["on"].wrk.requests
@@ -170,6 +174,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
         uninstrumented_1=single["off"],
         bare_32=best(runs["bare"]),
         bare_1=single["bare"],
+        model_ceiling_32=best(runs["model"]),
         batch=batch,
         batch_rows=args.batch_rows,
         raw_seconds=timings["raw_seconds"],

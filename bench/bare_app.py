@@ -1,14 +1,22 @@
-"""The framework ceiling: an ASGI app with no model, no validation and no metrics.
+"""The framework ceilings: ASGI apps with no validation, no metrics and no log.
 
-Served by the same `GunicornServer` and uvicorn worker settings as the service, it reads the request body
-and answers a fixed JSON body the size of a /predict answer, so the benchmark can tell how much of the
-time per request is the server stack and how much is ours.
+Served by the same `GunicornServer` and uvicorn worker settings as the service, each reads the request
+body and answers a fixed JSON body the size of a /predict answer. `bare_app` does nothing else: how much of
+the time per request is the server stack. The model app also runs the two raw onnxruntime sessions on a
+fixed row, as `bench.inprocess` times them: the stack plus the model, the most /predict could reach.
+
+`python -m bench.bare_app` serves the bare app, `python -m bench.bare_app model` the model app (settings
+from the same `SERVICE_` environment variables as the service).
 """
 
+import argparse
 from typing import Any
 
+import numpy as np
+import onnxruntime
 from starlette.types import Message, Receive, Scope, Send
 
+from service.model_files import CLASSIFIER_FILE, INPUT_NAME, OUTLIER_DETECTOR_FILE
 from service.settings import Settings
 
 # The size and shape of a /predict answer.
@@ -22,35 +30,75 @@ START: Message = {
     "headers": [(b"content-length", str(len(BODY)).encode()), (b"content-type", b"application/json")],
 }
 RESPONSE_BODY: Message = {"type": "http.response.body", "body": BODY}
+SAMPLE_ROW = [[5.1, 3.5, 1.4, 0.2]]
 
 
-async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
+async def lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Receive) -> None:
     more_body = True
     while more_body:  # read the whole request body, as /predict does
         message = await receive()
         more_body = message.get("more_body", False)
+
+
+async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+    if scope["type"] != "http":
+        return
+    await read_body(receive)
     await send(START)
     await send(RESPONSE_BODY)
+
+
+def model_app(settings: Settings) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # the service's session options
+    options.inter_op_num_threads = 1
+    classifier, detector = (
+        onnxruntime.InferenceSession(
+            str(settings.model_dir / name), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        for name in (CLASSIFIER_FILE, OUTLIER_DETECTOR_FILE)
+    )
+    feed = {INPUT_NAME: np.array(SAMPLE_ROW, dtype=np.float32)}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        classifier.run(["probabilities"], feed)
+        detector.run(["scores"], feed)
+        await send(START)
+        await send(RESPONSE_BODY)
+
+    return app
 
 
 def load_bare_app(settings: Settings) -> Any:
     return bare_app
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from service.server import serve
 
-    serve(Settings(), load_bare_app)
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_app", description=__doc__)
+    parser.add_argument(
+        "app", nargs="?", choices=["bare", "model"], default="bare", help="which app to serve (default: bare)"
+    )
+    args = parser.parse_args(argv)
+    serve(Settings(), model_app if args.app == "model" else load_bare_app)
 
 
 if __name__ == "__main__":

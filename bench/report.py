@@ -62,6 +62,7 @@ class Measurements:
     uninstrumented_1: Run
     bare_32: Run
     bare_1: Run
+    model_ceiling_32: Run  # the bare app plus the two raw onnxruntime runs
     batch: Run
     batch_rows: int
     raw_seconds: float
@@ -190,6 +191,12 @@ def build_table(m: Measurements, anchor: Anchor = Anchor(), targets: Targets = T
         target=f"≥ {_percent(targets.fraction_of_bare)}",
         met=lambda: rps / bare >= targets.fraction_of_bare,
     )
+    ceiling = m.model_ceiling_32.requests_per_second
+    row(
+        "3. bare + onnxruntime (bare endpoint running the two raw sessions), 32 conn.: req/s / worker CPU",
+        f"{_rate(ceiling)} / {_us(m.model_ceiling_32.worker_cpu_per_request_seconds)}",
+    )
+    row("3. bare + onnxruntime: /predict (instrumented) as a fraction of it", _percent(rps / ceiling))
     batch_rows_per_second = m.batch.requests_per_second * m.batch_rows
     row(
         f"4. POST /predict/batch, {m.batch_rows:,} rows a request: rows/s",

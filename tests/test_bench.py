@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.bare_app import BODY, bare_app
+from bench.bare_app import BODY, bare_app, model_app
 from bench.report import Measurements, Run, Targets, build_table, misses
 from bench.wrk import WrkError, WrkResult, parse_wrk_output, post_json_lua, run_wrk, stop_after_lua
+from service.settings import Settings
 
 WRK_32_CONNECTIONS = """\
 Running 8s test @ http://127.0.0.1:8765/predict
@@ -127,6 +128,7 @@ def measurements(instrumented_rps: float = 12_500.0, scrape_ms: float = 4.0) -> 
         uninstrumented_1=run(4500.0, 0.18, 0.3),
         bare_32=run(20_000.0, 1.0, 3.0, 25.0),
         bare_1=run(12_000.0, 0.05, 0.1),
+        model_ceiling_32=run(16_000.0, 1.5, 4.0, 60.0),
         batch=run(400.0, 10.0, 20.0),
         batch_rows=1000,
         raw_seconds=12e-6,
@@ -204,6 +206,21 @@ def test_bare_app_reads_the_body_and_answers_a_predict_sized_json_body() -> None
         b"content-length": str(len(BODY)).encode(),
         b"content-type": b"application/json",
     }
+    assert sent[1] == {"type": "http.response.body", "body": BODY}
+
+
+def test_model_app_runs_both_models_and_answers_like_the_bare_app(model_dir: Path) -> None:
+    app = model_app(Settings(model_dir=model_dir))
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/predict"}, receive, send))
     assert sent[1] == {"type": "http.response.body", "body": BODY}
 
 

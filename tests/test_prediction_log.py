@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.prediction_log import PredictionLog, RotatingFileSink
+from service.prediction_log import MAX_PENDING_BYTES, PredictionLog, RotatingFileSink
 
 WAIT_SECONDS = 10.0
 
@@ -142,6 +142,33 @@ def test_close_writes_every_queued_record_then_closes_the_sink(tmp_path: Path) -
     log.close()
     assert [json.loads(data)["job_id"] for data in sink.data.splitlines()] == [str(i) for i in range(5000)]
     assert sink.closed
+
+
+def test_write_waits_for_a_blocked_sink_instead_of_buffering_without_bound() -> None:
+    sink = BlockingSink()
+    log = PredictionLog(sink)
+    log.write(record(0))
+    wait_until(sink.entered.is_set, "the first write")
+    megabyte_record = {"timestamp": 0.0, "job_id": "big", "input": "x" * 1_000_000}
+    records = MAX_PENDING_BYTES // 1_000_000 + 4
+    returned = threading.Event()
+
+    def write_many() -> None:
+        for _ in range(records):
+            log.write(megabyte_record)
+        returned.set()
+
+    writer = threading.Thread(target=write_many)
+    writer.start()
+    # the write that takes the buffer past the limit cannot return while the sink holds the first batch
+    wait_until(lambda: len(log._buffer) > MAX_PENDING_BYTES, "the buffer to pass its limit")
+    assert not returned.is_set()
+    assert len(log._buffer) < MAX_PENDING_BYTES + 1_100_000  # bounded: no write got past the waiting one
+    sink.release.set()
+    writer.join(WAIT_SECONDS)
+    assert returned.is_set()
+    log.close()
+    assert len(sink.data.splitlines()) == 1 + records
 
 
 class FailingOnceSink(MemorySink):
