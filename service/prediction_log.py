@@ -130,9 +130,9 @@ class PredictionLog:
     The thread wakes every `flush_seconds`, or as soon as `BATCH_BYTES` are waiting, rather than once per
     record: waking a thread for every request costs a system call and a GIL hand-over, and a thread that
     encodes holds the GIL while requests wait for it — measured, either costs more than encoding in `write`.
-    One bytearray rather than a queue of lines: each line's memory is reused by the next request at once,
-    and a buffer that grew while the sink was slow is given back to the system when it has been written
-    (thousands of small line objects left the worker's heap fragmented and its RSS higher for good).
+    One bytearray rather than a queue of line objects: each line orjson returns kept about 4 KiB of heap
+    while it waited (40,000 lines held back by a stalled sink: +150 MiB of RSS, against +12 MiB here), and a
+    line freed at once leaves its memory to the next request while it is still in the CPU's caches.
     """
 
     def __init__(self, sink: Sink, flush_seconds: float = FLUSH_SECONDS) -> None:

@@ -171,6 +171,35 @@ def test_write_waits_for_a_blocked_sink_instead_of_buffering_without_bound() -> 
     assert len(sink.data.splitlines()) == 1 + records
 
 
+def rss_bytes() -> int:
+    for status_line in Path("/proc/self/status").read_text().splitlines():
+        if status_line.startswith("VmRSS:"):
+            return int(status_line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_lines_waiting_for_a_stalled_sink_cost_about_their_own_size_in_memory() -> None:
+    sink = BlockingSink()
+    log = PredictionLog(sink)
+    log.write(record(0))
+    wait_until(sink.entered.is_set, "the first write")
+    prediction = {
+        "timestamp": datetime.now(UTC),
+        "job_id": "c597365a-7558-49c6-bcce-c632807574b6",
+        "input": [[5.1, 3.5, 1.4, 0.2]],
+        "prediction": [[0.9802872538566589, 0.01971195638179779, 7.484755997211323e-7]],
+    }
+    before = rss_bytes()
+    for _ in range(40_000):  # ~8 MB of lines, under the back-pressure limit
+        log.write(prediction)
+    waiting = len(log._buffer)
+    growth = rss_bytes() - before
+    sink.release.set()
+    log.close()
+    # lines kept as separate orjson results held ~4 KiB of heap each: 150 MiB for these
+    assert growth < 3 * waiting, f"RSS grew {growth / 2**20:.0f} MiB for {waiting / 2**20:.0f} MiB of lines"
+
+
 class FailingOnceSink(MemorySink):
     def __init__(self) -> None:
         super().__init__()
