@@ -10,11 +10,11 @@ from the same `SERVICE_` environment variables as the service).
 """
 
 import argparse
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.model_files import CLASSIFIER_FILE, INPUT_NAME, OUTLIER_DETECTOR_FILE
 from service.settings import Settings
@@ -43,24 +43,30 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def read_body(receive: Receive) -> None:
-    more_body = True
-    while more_body:  # read the whole request body, as /predict does
-        message = await receive()
-        more_body = message.get("more_body", False)
+def answering_app(work: Callable[[], object] | None = None) -> ASGIApp:
+    """An app that reads the request body, calls `work` (if any) and sends the fixed answer."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        if scope["type"] != "http":
+            return
+        more_body = True
+        while more_body:  # read the whole request body, as /predict does
+            message = await receive()
+            more_body = message.get("more_body", False)
+        if work is not None:
+            work()
+        await send(START)
+        await send(RESPONSE_BODY)
+
+    return app
 
 
-async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] == "lifespan":
-        await lifespan(receive, send)
-    if scope["type"] != "http":
-        return
-    await read_body(receive)
-    await send(START)
-    await send(RESPONSE_BODY)
+bare_app = answering_app()
 
 
-def model_app(settings: Settings) -> Any:
+def model_app(settings: Settings) -> ASGIApp:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # the service's session options
     options.inter_op_num_threads = 1
@@ -72,21 +78,14 @@ def model_app(settings: Settings) -> Any:
     )
     feed = {INPUT_NAME: np.array(SAMPLE_ROW, dtype=np.float32)}
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-        if scope["type"] != "http":
-            return
-        await read_body(receive)
+    def run_both_models() -> None:
         classifier.run(["probabilities"], feed)
         detector.run(["scores"], feed)
-        await send(START)
-        await send(RESPONSE_BODY)
 
-    return app
+    return answering_app(run_both_models)
 
 
-def load_bare_app(settings: Settings) -> Any:
+def load_bare_app(settings: Settings) -> ASGIApp:
     return bare_app
 
 

@@ -186,32 +186,8 @@ def test_stricter_targets_turn_a_pass_into_a_miss() -> None:
     assert status_of(table, "5. in-process predict") == "MISS"
 
 
-def test_bare_app_reads_the_body_and_answers_a_predict_sized_json_body() -> None:
-    messages = [
-        {"type": "http.request", "body": b'{"data": ', "more_body": True},
-        {"type": "http.request", "body": b"[[1, 2, 3, 4]]}", "more_body": False},
-    ]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return messages.pop(0)
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    asyncio.run(bare_app({"type": "http", "method": "POST", "path": "/predict"}, receive, send))
-    assert messages == []
-    assert sent[0]["status"] == 200
-    assert dict(sent[0]["headers"]) == {
-        b"content-length": str(len(BODY)).encode(),
-        b"content-type": b"application/json",
-    }
-    assert sent[1] == {"type": "http.response.body", "body": BODY}
-
-
-def test_model_app_runs_both_models_and_answers_like_the_bare_app(model_dir: Path) -> None:
-    app = model_app(Settings(model_dir=model_dir))
-    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+def post_to(app, messages: list[dict]) -> list[dict]:
+    """Run one POST /predict through an ASGI app; the messages it sent."""
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -221,7 +197,29 @@ def test_model_app_runs_both_models_and_answers_like_the_bare_app(model_dir: Pat
         sent.append(message)
 
     asyncio.run(app({"type": "http", "method": "POST", "path": "/predict"}, receive, send))
+    return sent
+
+
+def test_bare_app_reads_the_body_and_answers_a_predict_sized_json_body() -> None:
+    messages = [
+        {"type": "http.request", "body": b'{"data": ', "more_body": True},
+        {"type": "http.request", "body": b"[[1, 2, 3, 4]]}", "more_body": False},
+    ]
+    sent = post_to(bare_app, messages)
+    assert messages == []
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"]) == {
+        b"content-length": str(len(BODY)).encode(),
+        b"content-type": b"application/json",
+    }
     assert sent[1] == {"type": "http.response.body", "body": BODY}
+
+
+def test_model_app_loads_both_models_and_answers_like_the_bare_app(model_dir: Path) -> None:
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+    sent = post_to(model_app(Settings(model_dir=model_dir)), messages)
+    assert messages == []
+    assert sent == post_to(bare_app, [{"type": "http.request", "body": b"{}", "more_body": False}])
 
 
 def test_bench_help_lists_its_options() -> None:
