@@ -87,6 +87,24 @@ def bind_histogram(child: Histogram) -> BoundHistogram:
     return FileHistogram(child) if hasattr(child._sum, "doubles") else BoundHistogram(child)
 
 
+class FileCounter:
+    """A counter child whose value is `service.metric_values`' (multiprocess mode): `inc` adds to the number
+    in the file directly, without Counter.inc's checks (amounts here are never negative) and exemplars."""
+
+    __slots__ = ("_doubles", "_index")
+
+    def __init__(self, child: Counter) -> None:
+        self._doubles = child._value.doubles
+        self._index = child._value.index
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._doubles[self._index] += amount
+
+
+def bind_counter(child: Counter) -> Counter | FileCounter:
+    return FileCounter(child) if hasattr(child._value, "doubles") else child
+
+
 class ModelMetrics:
     """The model metrics bound to one loaded model version."""
 
@@ -96,9 +114,9 @@ class ModelMetrics:
         self.classifier_seconds = bind_histogram(inference.labels(version, "classifier"))
         self.outlier_detector_seconds = bind_histogram(inference.labels(version, "outlier_detector"))
         self.predictions_by_label = [
-            metrics.model_predictions.labels(version, label) for label in model.labels
+            bind_counter(metrics.model_predictions.labels(version, label)) for label in model.labels
         ]
-        self.outliers = metrics.model_outliers.labels(version)
+        self.outliers = bind_counter(metrics.model_outliers.labels(version))
         self.outlier_score = bind_histogram(metrics.model_outlier_score.labels(version))
         self.feature_values = [
             bind_histogram(metrics.model_input_feature_value.labels(version, f)) for f in model.feature_names
@@ -117,18 +135,19 @@ class ModelMetrics:
         self.classifier_seconds.observe(predictions.classifier_seconds)
         self.outlier_detector_seconds.observe(predictions.outlier_detector_seconds)
         if len(rows) < VECTOR_OBSERVE_MIN:
-            for label_index, is_outlier, score in zip(
+            feature_values = self.feature_values
+            for label_index, is_outlier, score, row in zip(
                 predictions.label_indices.tolist(),
                 predictions.is_outlier.tolist(),
                 predictions.outlier_scores.tolist(),
+                rows.tolist(),
                 strict=True,
             ):
                 self.predictions_by_label[label_index].inc()
                 if is_outlier:
                     self.outliers.inc()
                 self.outlier_score.observe(score)
-            for row in rows.tolist():
-                for histogram, value in zip(self.feature_values, row, strict=True):
+                for histogram, value in zip(feature_values, row, strict=True):
                     histogram.observe(value)
             return
         per_label = np.bincount(predictions.label_indices, minlength=len(self.predictions_by_label))
@@ -224,7 +243,7 @@ class ServiceMetrics:
             registry=registry,
         )
         self._invalid_by_reason = {reason: self.model_invalid_requests.labels(reason) for reason in Reason}
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, BoundHistogram]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Counter | FileCounter, BoundHistogram]] = {}
 
     def bind_model(self, model: Model) -> ModelMetrics:
         return ModelMetrics(self, model)
@@ -239,7 +258,7 @@ class ServiceMetrics:
         children = self._request_children.get(key)
         if children is None:
             children = (
-                self.http_requests.labels(handler, method, str(status)),
+                bind_counter(self.http_requests.labels(handler, method, str(status))),
                 bind_histogram(self.http_request_duration_seconds.labels(handler, method)),
             )
             self._request_children[key] = children
