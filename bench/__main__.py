@@ -172,6 +172,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
         predict_1=single["on"],
         uninstrumented_32=best(runs["off"]),
         uninstrumented_1=single["off"],
+        paired_32=list(zip(runs["on"], runs["off"], strict=True)),
         bare_32=best(runs["bare"]),
         bare_1=single["bare"],
         model_ceiling_32=best(runs["model"]),
