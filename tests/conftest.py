@@ -18,21 +18,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class MemorySink:
-    """A prediction log sink that keeps the bytes it is given."""
+    """A prediction log sink that keeps the bytes it is given, and whether it was closed."""
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self.data = bytearray()
+        self.closed = False
 
     def write(self, data: bytes) -> None:
-        self.chunks.append(data)
+        self.data += data
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def lines(self) -> list[bytes]:
-        data = b"".join(self.chunks)
-        assert data == b"" or data.endswith(b"\n")
-        return data.split(b"\n")[:-1]
+        assert self.data == b"" or self.data.endswith(b"\n")
+        return bytes(self.data).split(b"\n")[:-1]
 
     def records(self) -> list[dict]:
         return [json.loads(line) for line in self.lines()]

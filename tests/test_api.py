@@ -562,17 +562,8 @@ def test_http_metric_labels_stay_bounded_for_random_paths_and_methods(service: S
 # --- prediction log -------------------------------------------------------------------------------
 
 
-class CountingSink(MemorySink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def test_app_shutdown_closes_the_prediction_log(model_dir: Path) -> None:
-    sink = CountingSink()
+    sink = MemorySink()
     app = create_app(
         Settings(model_dir=model_dir),
         metrics=ServiceMetrics(CollectorRegistry()),

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import MemorySink
 
 from service.prediction_log import MAX_PENDING_BYTES, PredictionLog, RotatingFileSink
 
@@ -99,18 +100,6 @@ def test_two_processes_writing_with_rotation_lose_and_duplicate_no_line(tmp_path
     assert len(rotated_files(path)) > 10
     assert len(ids) == 2 * per_writer
     assert set(ids) == {f"{writer}-{index}" for writer in (1, 2) for index in range(per_writer)}
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class BlockingSink(MemorySink):
