@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from stack.processes import free_port
+from stack.processes import free_port, require_binary, wait_until_ready
 from stack.slack_receiver import SlackReceiver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,9 +31,6 @@ SECRET_PATH = "/etc/alertmanager/secrets/slack_webhook_url"
 # Slack attachment fields, each rendered by the template "slack.<field>".
 SLACK_FIELDS = ["title", "title_link", "text", "color", "fallback"]
 
-AMTOOL = shutil.which("amtool")
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-requires_amtool = pytest.mark.skipif(AMTOOL is None, reason="amtool is not installed")
 
 RUNBOOK_URL = (
     "https://github.com/example/iris-prediction-monitor/blob/main/docs/runbook.md#modelinputfeaturemeandrift"
@@ -66,10 +61,11 @@ def config_with_webhook_file(directory: Path, webhook_file: Path) -> Path:
 # -- the config file -----------------------------------------------------------------------------------
 
 
-@requires_amtool
 def test_config_passes_amtool_check_config() -> None:
     # The secret file does not need to exist for the check: 0.25 reads it only when it sends.
-    result = subprocess.run([AMTOOL, "check-config", str(CONFIG_PATH)], capture_output=True, text=True)
+    result = subprocess.run(
+        [require_binary("amtool"), "check-config", str(CONFIG_PATH)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -91,7 +87,6 @@ def test_route_groups_by_alert_and_job_and_notifies_within_a_minute() -> None:
     }
 
 
-@requires_amtool
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -122,7 +117,14 @@ def test_route_groups_by_alert_and_job_and_notifies_within_a_minute() -> None:
 def test_alert_is_routed_to_its_receiver(labels: dict[str, str], receiver: str) -> None:
     label_args = [f"{name}={value}" for name, value in {**labels, "job": "prediction-service"}.items()]
     result = subprocess.run(
-        [AMTOOL, "config", "routes", "test", f"--config.file={CONFIG_PATH}", f"--verify.receivers={receiver}"]
+        [
+            require_binary("amtool"),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={CONFIG_PATH}",
+            f"--verify.receivers={receiver}",
+        ]
         + label_args,
         capture_output=True,
         text=True,
@@ -278,7 +280,7 @@ def render(template_name: str, data: dict[str, Any], tmp_path: Path) -> str:
     data_file.write_text(json.dumps(data))
     result = subprocess.run(
         [
-            AMTOOL,
+            require_binary("amtool"),
             "template",
             "render",
             f"--template.glob={TEMPLATES_GLOB}",
@@ -292,14 +294,12 @@ def render(template_name: str, data: dict[str, Any], tmp_path: Path) -> str:
     return result.stdout
 
 
-@requires_amtool
 @pytest.mark.parametrize("field", SLACK_FIELDS)
 def test_named_template_renders(field: str, tmp_path: Path) -> None:
     # amtool check-config does not notice a reference to an undefined template; rendering does.
     assert render(f"slack.{field}", notification(drift_alert()), tmp_path).strip() != ""
 
 
-@requires_amtool
 def test_title_counts_firing_alerts_and_names_the_alert(tmp_path: Path) -> None:
     data = notification(drift_alert(), drift_alert("resolved", feature="sepal_width"))
     assert (
@@ -307,18 +307,15 @@ def test_title_counts_firing_alerts_and_names_the_alert(tmp_path: Path) -> None:
     )
 
 
-@requires_amtool
 def test_title_of_a_resolved_group_says_resolved(tmp_path: Path) -> None:
     title = render("slack.title", notification(drift_alert("resolved")), tmp_path)
     assert title == "[RESOLVED] ModelInputFeatureMeanDrift (prediction-service)"
 
 
-@requires_amtool
 def test_title_links_to_the_dashboard(tmp_path: Path) -> None:
     assert render("slack.title_link", notification(drift_alert()), tmp_path) == DASHBOARD_URL
 
 
-@requires_amtool
 def test_text_names_severity_job_model_and_feature(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert()), tmp_path)
     assert (
@@ -326,24 +323,20 @@ def test_text_names_severity_job_model_and_feature(tmp_path: Path) -> None:
     )
 
 
-@requires_amtool
 def test_text_leaves_out_labels_the_alert_does_not_have(tmp_path: Path) -> None:
     text = render("slack.text", notification(service_down_alert()), tmp_path)
     assert ("*Feature:*" in text, "*Instance:* `127.0.0.1:8000`" in text) == (False, True)
 
 
-@requires_amtool
 def test_text_carries_the_description_with_value_and_threshold(tmp_path: Path) -> None:
     assert DRIFT_DESCRIPTION in render("slack.text", notification(drift_alert()), tmp_path)
 
 
-@requires_amtool
 def test_text_links_runbook_and_dashboard(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert()), tmp_path)
     assert f"<{RUNBOOK_URL}|Runbook> | <{DASHBOARD_URL}|Dashboard>" in text
 
 
-@requires_amtool
 def test_text_escapes_characters_slack_reserves(tmp_path: Path) -> None:
     text = render(
         "slack.text", notification(drift_alert(description="ratio 0.4 > 0.3 & rising <fast>")), tmp_path
@@ -351,19 +344,16 @@ def test_text_escapes_characters_slack_reserves(tmp_path: Path) -> None:
     assert "ratio 0.4 &gt; 0.3 &amp; rising &lt;fast&gt;" in text
 
 
-@requires_amtool
 def test_text_marks_resolved_alerts(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert("resolved")), tmp_path)
     assert "*Input feature petal_length drifted from its training mean* (resolved)" in text
 
 
-@requires_amtool
 def test_text_has_one_paragraph_per_alert(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert(), drift_alert(feature="sepal_width")), tmp_path)
     assert (text.count("|Runbook>"), "`petal_length`" in text, "`sepal_width`" in text) == (2, True, True)
 
 
-@requires_amtool
 @pytest.mark.parametrize(
     ("alerts", "color"),
     [
@@ -378,7 +368,6 @@ def test_color_follows_severity_and_status(alerts: list[dict[str, Any]], color: 
     assert render("slack.color", notification(*alerts), tmp_path) == color
 
 
-@requires_amtool
 def test_fallback_is_title_and_summaries(tmp_path: Path) -> None:
     fallback = render("slack.fallback", notification(drift_alert()), tmp_path)
     assert fallback == (
@@ -446,10 +435,8 @@ def test_wait_for_returns_a_message_that_arrives_later(receiver: SlackReceiver) 
 
 def test_wait_for_times_out_when_nothing_matches(receiver: SlackReceiver) -> None:
     httpx.post(receiver.url, json={"text": "other"})
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"(?s)within 0\.2s; received: .*\"other\""):
         receiver.wait_for(lambda message: message["payload"].get("text") == "never", timeout=0.2)
-    assert time.monotonic() - started < 2
 
 
 def test_receiver_command_has_help() -> None:
@@ -508,23 +495,8 @@ class RunningAlertmanager:
         return message["payload"]
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "Alertmanager exited during startup"
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"Alertmanager at {url} not ready within {timeout}s")
-
-
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
-    if ALERTMANAGER is None:
-        pytest.skip("prometheus-alertmanager is not installed")
     with SlackReceiver() as slack:
         webhook_file = tmp_path / "slack_webhook_url"
         webhook_file.write_text(slack.url + "\n")
@@ -537,7 +509,7 @@ def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [
-                    ALERTMANAGER,
+                    require_binary("prometheus-alertmanager"),
                     f"--config.file={config}",
                     f"--storage.path={tmp_path / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
@@ -548,7 +520,7 @@ def alertmanager(tmp_path: Path) -> Iterator[RunningAlertmanager]:
                 cwd=os.sep,  # templates must resolve relative to the config file, not the working directory
             )
         try:
-            wait_until_ready(url, process, timeout=15)
+            wait_until_ready(f"{url}/-/ready", process, log_path, timeout=15)
             yield RunningAlertmanager(url=url, slack=slack, log_path=log_path)
         finally:
             process.terminate()

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
 from service.model_files import CLASSIFIER_FILE, FEATURE_NAMES, LABELS, METADATA_FILE
-from stack.processes import free_port
+from stack.processes import free_port, require_binary
 from stack.service_process import service_env
 
 N_REQUESTS = 400
@@ -264,11 +264,12 @@ def test_model_info_is_1_with_two_workers(run: Run) -> None:
 
 
 def test_promtool_check_metrics_accepts_the_exposition(run: Run) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
     checked = subprocess.run(
-        [promtool, "check", "metrics"], input=run.metrics_text, capture_output=True, text=True, timeout=30
+        [require_binary("promtool"), "check", "metrics"],
+        input=run.metrics_text,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
 
