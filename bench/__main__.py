@@ -181,6 +181,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
         raw_seconds=timings["raw_seconds"],
         predict_seconds=timings["predict_seconds"],
         request_path_seconds=timings["request_path_seconds"],
+        asgi_instrumented_seconds=timings["asgi_instrumented_seconds"],
+        asgi_uninstrumented_seconds=timings["asgi_uninstrumented_seconds"],
         requests_before_scrape=served_by_instrumented,
         scrape_seconds=scrapes,
         rss_before_bytes=rss_before,

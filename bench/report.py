@@ -71,6 +71,8 @@ class Measurements:
     raw_seconds: float
     predict_seconds: float
     request_path_seconds: float
+    asgi_instrumented_seconds: float  # POST /predict through the whole app, fake receive and send
+    asgi_uninstrumented_seconds: float
     requests_before_scrape: int
     scrape_seconds: list[float]
     rss_before_bytes: list[int]  # per worker, after warm-up
@@ -224,6 +226,11 @@ def build_table(m: Measurements, anchor: Anchor = Anchor(), targets: Targets = T
     row(
         "5. request path in-process (validate, predict, metrics, log record) / raw",
         f"{_us(m.request_path_seconds)} = {_ratio(m.request_path_seconds / m.raw_seconds)}",
+    )
+    on_asgi, off_asgi = m.asgi_instrumented_seconds, m.asgi_uninstrumented_seconds
+    row(
+        "5. POST /predict through the app in-process (fake receive/send): on / off (instrumentation share)",
+        f"{_us(on_asgi)} / {_us(off_asgi)} ({_percent(1 - off_asgi / on_asgi)})",
     )
     scrape = _median(m.scrape_seconds)
     row(

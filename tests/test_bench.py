@@ -139,6 +139,8 @@ def measurements(instrumented_rps: float = 12_500.0, scrape_ms: float = 4.0) -> 
         raw_seconds=12e-6,
         predict_seconds=15e-6,
         request_path_seconds=40e-6,
+        asgi_instrumented_seconds=50e-6,
+        asgi_uninstrumented_seconds=40e-6,
         requests_before_scrape=250_000,
         scrape_seconds=[scrape_ms / 1000] * 19 + [0.05],
         rss_before_bytes=[80 * mib, 81 * mib],
@@ -175,6 +177,7 @@ def test_targets_met_are_pass_and_ratios_are_against_the_anchor() -> None:
     assert "| 62.5% |" in table
     assert "| 400,000 |" in table  # batch rows per second
     assert "15.0 µs = 1.25×" in table
+    assert "50.0 µs / 40.0 µs (20.0%)" in table  # the app in-process, on / off
     assert "125.0 µs / 110.0 µs (12.0%)" in table  # medians of the rounds' worker CPU per request
 
 
