@@ -3,7 +3,8 @@
 Served by the same `GunicornServer` and uvicorn worker settings as the service, each reads the request
 body and answers a fixed JSON body the size of a /predict answer. `bare_app` does nothing else: how much of
 the time per request is the server stack. The model app also runs the two raw onnxruntime sessions on a
-fixed row, as `bench.inprocess` times them: the stack plus the model, the most /predict could reach.
+fixed row (`raw_model_runs`, which `bench.inprocess` times too): the stack plus the model, the most
+/predict could reach.
 
 `python -m bench.bare_app` serves the bare app, `python -m bench.bare_app model` the model app (settings
 from the same `SERVICE_` environment variables as the service).
@@ -11,11 +12,12 @@ from the same `SERVICE_` environment variables as the service).
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.model import inference_session
 from service.model_files import CLASSIFIER_FILE, INPUT_NAME, OUTLIER_DETECTOR_FILE
 from service.settings import Settings
 
@@ -30,7 +32,7 @@ START: Message = {
     "headers": [(b"content-length", str(len(BODY)).encode()), (b"content-type", b"application/json")],
 }
 RESPONSE_BODY: Message = {"type": "http.response.body", "body": BODY}
-SAMPLE_ROW = [[5.1, 3.5, 1.4, 0.2]]
+SAMPLE_ROW = [5.1, 3.5, 1.4, 0.2]  # the book's sample input
 
 
 async def lifespan(receive: Receive, send: Send) -> None:
@@ -66,23 +68,21 @@ def answering_app(work: Callable[[], object] | None = None) -> ASGIApp:
 bare_app = answering_app()
 
 
-def model_app(settings: Settings) -> ASGIApp:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # the service's session options
-    options.inter_op_num_threads = 1
-    classifier, detector = (
-        onnxruntime.InferenceSession(
-            str(settings.model_dir / name), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        for name in (CLASSIFIER_FILE, OUTLIER_DETECTOR_FILE)
-    )
-    feed = {INPUT_NAME: np.array(SAMPLE_ROW, dtype=np.float32)}
+def raw_model_runs(model_dir: Path) -> Callable[[], None]:
+    """The two raw `InferenceSession.run` calls on a fixed row, with the service's session options."""
+    classifier = inference_session(model_dir / CLASSIFIER_FILE)
+    detector = inference_session(model_dir / OUTLIER_DETECTOR_FILE)
+    feed = {INPUT_NAME: np.array([SAMPLE_ROW], dtype=np.float32)}
 
     def run_both_models() -> None:
         classifier.run(["probabilities"], feed)
         detector.run(["scores"], feed)
 
-    return answering_app(run_both_models)
+    return run_both_models
+
+
+def model_app(settings: Settings) -> ASGIApp:
+    return answering_app(raw_model_runs(settings.model_dir))
 
 
 def load_bare_app(settings: Settings) -> ASGIApp:

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-SAMPLE_ROW = [5.1, 3.5, 1.4, 0.2]
+from bench.bare_app import SAMPLE_ROW, raw_model_runs
+
 SAMPLE_BODY = orjson.dumps({"data": [SAMPLE_ROW]})
 
 
@@ -94,30 +95,15 @@ def measure(model_dir: Path) -> dict[str, float]:
     # multiprocess metrics, as under gunicorn: must be set before prometheus_client is imported
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
     import numpy as np
-    import onnxruntime
     from prometheus_client import CollectorRegistry
 
     from service.metrics import ServiceMetrics
     from service.model import Model
-    from service.model_files import CLASSIFIER_FILE, INPUT_NAME, OUTLIER_DETECTOR_FILE
     from service.prediction_log import PredictionLog
     from service.predictor import Answer, Predictor
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # the service's session options: compare the wrappers, not ORT
-    options.inter_op_num_threads = 1
-    classifier, detector = (
-        onnxruntime.InferenceSession(
-            str(model_dir / name), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        for name in (CLASSIFIER_FILE, OUTLIER_DETECTOR_FILE)
-    )
+    raw = raw_model_runs(model_dir)  # the service's session options: compare the wrappers, not onnxruntime
     rows = np.array([SAMPLE_ROW], dtype=np.float32)
-    feed = {INPUT_NAME: rows}
-
-    def raw() -> None:
-        classifier.run(["probabilities"], feed)
-        detector.run(["scores"], feed)
 
     model = Model(model_dir)
     log = PredictionLog(_NullSink())

@@ -25,7 +25,8 @@ class Predictions:
     outlier_detector_seconds: float
 
 
-def _session(path: Path) -> onnxruntime.InferenceSession:
+def inference_session(path: Path) -> onnxruntime.InferenceSession:
+    """An onnxruntime session with the service's options (the benchmark's raw runs use it too)."""
     options = onnxruntime.SessionOptions()
     # One row takes microseconds: thread pools only add hand-off latency, and workers are the parallelism.
     options.intra_op_num_threads = 1
@@ -68,8 +69,8 @@ class Model:
 
         classifier_path = model_dir / CLASSIFIER_FILE
         detector_path = model_dir / OUTLIER_DETECTOR_FILE
-        self._classifier = _session(classifier_path)
-        self._detector = _session(detector_path)
+        self._classifier = inference_session(classifier_path)
+        self._detector = inference_session(detector_path)
         for session, path in ((self._classifier, classifier_path), (self._detector, detector_path)):
             width = _single_input_width(session, path)
             if width != len(self.feature_names):
