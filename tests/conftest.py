@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import strategies as st
 
 from service.training import train
 from stack.processes import Stack, stack_on_free_ports
@@ -15,6 +16,21 @@ from stack.slack_receiver import SlackReceiver
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def any_json(max_leaves: int) -> st.SearchStrategy[object]:
+    """Any JSON value a client could send, NaN and infinities included (`json.dumps` writes them)."""
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=True, allow_infinity=True)
+        | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )
 
 
 class MemorySink:

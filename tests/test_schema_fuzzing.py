@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import MemorySink
+from conftest import MemorySink, any_json
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -154,17 +154,7 @@ def test_schema_valid_request_bodies_are_accepted(
 
 # --- hypothesis: raw requests over HTTP --------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = any_json(max_leaves=20)
 numbers = st.integers(min_value=-(10**40), max_value=10**40) | st.floats(allow_nan=True, allow_infinity=True)
 rows = st.lists(st.lists(numbers, min_size=3, max_size=5), min_size=0, max_size=MAX_BATCH_ROWS + 2)
 plausible_rows = st.lists(

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import any_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,17 +122,7 @@ def test_nan_in_deeply_nested_lists_is_rejected_as_input() -> None:
     assert error.reason in {Reason.NON_FINITE, Reason.INVALID_JSON}
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=5),
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=30,
-)
+json_values = any_json(max_leaves=30)
 numbers = st.integers() | st.floats(allow_nan=True, allow_infinity=True)
 # Most random values are rejected early: also generate bodies that look like the real thing.
 bodies = st.one_of(
