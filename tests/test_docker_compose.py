@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,12 +26,16 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
-DATASOURCE_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DATASOURCE_PROVISIONING_DIR = REPO_ROOT / "grafana" / "provisioning" / "datasources"
 DASHBOARD_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 MAKEFILE = REPO_ROOT / "Makefile"
+README = REPO_ROOT / "README.md"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1"}
 # Modules that run only in the Dockerfile's builder stage, which installs the train extra.
 BUILD_TIME_MODULES = {"training.py"}
+# Grafana release lines and the day their security fixes end (grafana.com/docs/grafana/latest/upgrade-guide/
+# when-to-upgrade/; 10.4's ended on 2025-06-05). Moving the pin to another line means adding it here.
+GRAFANA_SUPPORT_ENDS = {"12.4": date(2027, 5, 24), "13.2": date(2027, 5, 18)}
 
 
 def compose() -> dict:
@@ -239,13 +244,39 @@ def test_prometheus_config_targets_reach_the_same_processes_in_compose():
             assert host in resolvable, f"{target}: {host} does not resolve in compose"
 
 
-def test_grafana_datasource_url_resolves_in_compose():
-    (datasource,) = yaml.safe_load(DATASOURCE_PROVISIONING.read_text())["datasources"]
+def provisioned_datasources() -> list[dict]:
+    files = sorted(DATASOURCE_PROVISIONING_DIR.glob("*.yml"))
+    return [datasource for path in files for datasource in yaml.safe_load(path.read_text())["datasources"]]
+
+
+@pytest.mark.parametrize(
+    ("datasource_type", "service"), [("prometheus", "prometheus"), ("alertmanager", "alertmanager")]
+)
+def test_grafana_datasource_url_resolves_to_its_service_in_compose(datasource_type, service):
+    (datasource,) = [item for item in provisioned_datasources() if item["type"] == datasource_type]
     url = urlsplit(datasource["url"])
     all_services = services()
-    pod = all_services[pod_of(all_services["prometheus"])]
-    assert url.hostname in network_aliases(pod)
+    pod = all_services[pod_of(all_services[service])]
+    assert url.hostname == service and service in network_aliases(pod)
     assert url.port in published_container_ports(pod)
+    assert healthcheck_command(all_services[service]).endswith(f"localhost:{url.port}/-/ready")
+
+
+def test_grafana_image_is_a_pinned_release_of_a_supported_line():
+    """Fails once the pinned line's security support has ended: then move the pin."""
+    name, _, tag = services()["grafana"]["image"].rpartition(":")
+    assert name == "grafana/grafana"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin an exact release, not {tag}"
+    line = tag.rsplit(".", 1)[0]
+    assert line in GRAFANA_SUPPORT_ENDS, f"Grafana {line} is not a supported line"
+    assert date.today() <= GRAFANA_SUPPORT_ENDS[line], f"Grafana {line} is out of support"
+
+
+def test_readme_names_the_pinned_monitoring_images():
+    readme = README.read_text()
+    for name in ("prometheus", "alertmanager", "grafana"):
+        tag = services()[name]["image"].rpartition(":")[2]
+        assert tag in readme, f"README does not name {name}'s pinned image {tag}"
 
 
 def test_grafana_mounts_its_provisioning_and_the_dashboards_where_the_provider_reads():

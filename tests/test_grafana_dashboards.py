@@ -20,6 +20,7 @@ from dashboard_queries import (
 
 GENERATOR = REPO_ROOT / "grafana" / "generate_dashboards.py"
 DATASOURCE_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+ALERTMANAGER_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "alertmanager.yml"
 DASHBOARD_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DESIGN = (REPO_ROOT / "docs" / "design.md").read_text(encoding="utf-8")
 RECORDING_RULES = REPO_ROOT / "prometheus" / "rules" / "recording_rules.yml"
@@ -52,6 +53,10 @@ VARIABLE_USE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 
 def design_datasource_uid() -> str:
     return re.search(r"Prometheus datasource uid `([^`]+)`", DESIGN)[1]
+
+
+def design_alertmanager_datasource_uid() -> str:
+    return re.search(r"Alertmanager datasource uid `([^`]+)`", DESIGN)[1]
 
 
 def design_dashboards() -> dict[str, str]:
@@ -89,8 +94,8 @@ def alert_numbers(alert_names: list[str]) -> set[float]:
     return {float(number) for name in alert_names for number in NUMBER.findall(STRING.sub('""', exprs[name]))}
 
 
-def provisioned_datasource() -> dict:
-    (datasource,) = yaml.safe_load(DATASOURCE_PROVISIONING.read_text())["datasources"]
+def provisioned_datasource(path=DATASOURCE_PROVISIONING) -> dict:
+    (datasource,) = yaml.safe_load(path.read_text())["datasources"]
     return datasource
 
 
@@ -161,6 +166,36 @@ def test_datasource_is_provisioned_with_the_uid_of_the_design_note():
     assert datasource["type"] == "prometheus"
     assert datasource["url"] == "http://prometheus:9090"
     assert datasource["isDefault"] is True
+
+
+def test_alertmanager_datasource_is_provisioned_with_the_uid_of_the_design_note():
+    datasource = provisioned_datasource(ALERTMANAGER_PROVISIONING)
+    assert datasource["uid"] == design_alertmanager_datasource_uid()
+    assert datasource["type"] == "alertmanager"
+    assert datasource["url"] == "http://alertmanager:9093"
+    assert datasource["access"] == "proxy"  # Grafana's server talks to Alertmanager, not the browser
+    assert datasource["jsonData"]["implementation"] == "prometheus"
+    assert datasource["jsonData"]["handleGrafanaManagedAlerts"] is False
+    assert not datasource.get("isDefault", False)
+
+
+def test_prometheus_datasource_shows_its_rules_in_grafana_alerting_with_the_alertmanager_they_send_to():
+    json_data = provisioned_datasource()["jsonData"]
+    assert json_data["manageAlerts"] is True
+    assert json_data["prometheusType"] == "Prometheus"
+    assert json_data["alertmanagerUid"] == provisioned_datasource(ALERTMANAGER_PROVISIONING)["uid"]
+
+
+def test_every_provisioned_datasource_pins_a_unique_uid():
+    files = sorted(DATASOURCE_PROVISIONING.parent.glob("*.yml"))
+    assert set(files) == {DATASOURCE_PROVISIONING, ALERTMANAGER_PROVISIONING}
+    datasources = [item for path in files for item in yaml.safe_load(path.read_text())["datasources"]]
+    uids = [datasource["uid"] for datasource in datasources]
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]*", uid) for uid in uids), uids
+    assert len(set(uids)) == len(uids)
+    assert [datasource.get("isDefault", False) for datasource in datasources].count(True) == 1
+    for path in files:
+        assert yaml.safe_load(path.read_text())["apiVersion"] == 1, path
 
 
 def test_dashboard_provider_loads_the_folder_the_dashboards_are_mounted_in():
