@@ -1,9 +1,11 @@
 # `make run`: the service, Prometheus and Alertmanager on this machine (no Docker).
 # `make test`: create the virtual environment, install everything and run every test.
+# `make lint`: ruff (lint and format) and mypy with the pydantic plugin, as CI runs them before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL_DIR ?= models
+PYTEST_ARGS ?=
 
 .PHONY: run test bench train lint clean debian-packages
 
@@ -11,7 +13,7 @@ run: $(VENV)/.installed $(MODEL_DIR)/metadata.json debian-packages
 	$(PY) -m stack run
 
 test: $(VENV)/.installed debian-packages
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
 	./scripts/ensure-debian-packages wrk
@@ -23,6 +25,7 @@ train: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy  # files and plugin: [tool.mypy] in pyproject.toml
 
 $(MODEL_DIR)/metadata.json: $(VENV)/.installed
 	$(PY) -m service train --output $(MODEL_DIR)

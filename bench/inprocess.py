@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from starlette.types import Message
 
 from bench.bare_app import SAMPLE_ROW, raw_model_runs
 
@@ -63,10 +64,10 @@ def asgi_path_seconds(model_dir: Path, instrumented: bool, repeats: int = 7, loo
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
     request = {"type": "http.request", "body": SAMPLE_BODY, "more_body": False}
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return request
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         pass
 
     async def seconds_per_request(count: int) -> float:
@@ -84,7 +85,7 @@ def asgi_path_seconds(model_dir: Path, instrumented: bool, repeats: int = 7, loo
 
 
 class _NullSink:
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         pass
 
     def close(self) -> None:

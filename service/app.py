@@ -18,6 +18,7 @@ import prometheus_client
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.http_metrics import HttpMetricsMiddleware
@@ -252,6 +253,6 @@ def create_app(
             return Response(metrics_exposition(metrics), media_type=CONTENT_TYPE_LATEST)
 
     if settings.metrics_enabled:
-        handlers = {route.path for route in app.routes}
+        handlers = {route.path for route in app.routes if isinstance(route, Route)}
         app.add_middleware(HttpMetricsMiddleware, metrics=metrics, handlers=handlers)
     return app

@@ -10,6 +10,8 @@ Every metric of this service is updated from the worker's event loop thread, so 
 `install()` must run before the first metric is created; `service.metrics` calls it at import.
 """
 
+from __future__ import annotations  # memoryview[float] is for the type checker only before Python 3.12
+
 import mmap
 import os
 import struct
@@ -51,7 +53,7 @@ class ValueFile:
         self._mmap = mmap.mmap(self._file.fileno(), size)
         self._doubles = memoryview(self._mmap).cast("d")
 
-    def cell(self, key: str) -> tuple[memoryview, int]:
+    def cell(self, key: str) -> tuple[memoryview[float], int]:
         """A view of the file as doubles, and the index of the key's value in it (its timestamp is next)."""
         position = self._positions.get(key)
         if position is None:

@@ -29,7 +29,7 @@ ROTATED_GZIP_LEVEL = 1
 
 
 class Sink(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | bytearray) -> None: ...
     def close(self) -> None: ...
 
 
@@ -48,7 +48,7 @@ class _FileLock:
         os.close(self._fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -61,7 +61,7 @@ class StreamSink:
         self._fd = fd
         self._lock = _FileLock(lock_path)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         with self._lock:
             _write_all(self._fd, data)
 
@@ -107,7 +107,7 @@ class RotatingFileSink:
         os.unlink(self.path)
         self._open()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         with self._lock:
             if not self._current_file_is_ours():
                 self._open()

@@ -44,7 +44,7 @@ def load_service_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
-def _serve_metrics_port(settings: Settings) -> Callable[[Any], None]:
+def _serve_metrics_port(host: str, port: int) -> Callable[[Any], None]:
     """gunicorn `when_ready` hook: the master serves /metrics on its own port, apart from the API."""
 
     def when_ready(server: Any) -> None:
@@ -53,8 +53,8 @@ def _serve_metrics_port(settings: Settings) -> Callable[[Any], None]:
         from service.multiproc_compaction import multiprocess_registry
 
         registry = multiprocess_registry(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        server.log.info("metrics on http://%s:%s/metrics", settings.host, settings.metrics_port)
+        start_http_server(port, addr=host, registry=registry)
+        server.log.info("metrics on http://%s:%s/metrics", host, port)
 
     return when_ready
 
@@ -82,7 +82,7 @@ class GunicornServer(BaseApplication):
             "control_socket_disable": True,
         }
         if settings.metrics_port is not None:
-            options["when_ready"] = _serve_metrics_port(settings)
+            options["when_ready"] = _serve_metrics_port(settings.host, settings.metrics_port)
         for key, value in options.items():
             self.cfg.set(key, value)
 

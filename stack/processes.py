@@ -28,12 +28,14 @@ class StartError(RuntimeError):
     pass
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     """Poll `url` until it answers 200, the process dies, or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise StartError(f"{process.args[0]} exited with {process.returncode}; see {log}:\n{_tail(log)}")
+            raise StartError(
+                f"the server of {url} exited with {process.returncode}; see {log}:\n{_tail(log)}"
+            )
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class ServiceProcess:
     def worker_pids(self) -> set[int]:
         return child_pids(self.master_pid)
 
-    def wait_for_workers(self, count: int, timeout: float, exclude: set[int] = frozenset()) -> set[int]:
+    def wait_for_workers(self, count: int, timeout: float, exclude: Set[int] = frozenset()) -> set[int]:
         """Wait until `count` workers not in `exclude` run and each has loaded the app; return their pids.
 
         A worker has loaded the app once its live gauge file exists: it binds the model metrics at startup.

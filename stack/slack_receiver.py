@@ -33,6 +33,7 @@ class SlackReceiver:
         self._failures_left = 0
         self._failing = False
         self._server: ThreadingHTTPServer | None = None
+        self._host = "127.0.0.1"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -42,6 +43,7 @@ class SlackReceiver:
         if self._server is not None:
             raise RuntimeError("already started")
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._host = host
         self._server.daemon_threads = True
         # A short poll interval keeps stop() quick; serve_forever checks for shutdown this often.
         self._thread = threading.Thread(
@@ -79,8 +81,7 @@ class SlackReceiver:
         """A Slack-looking webhook URL pointing at this receiver."""
         if self._server is None:
             raise RuntimeError("not started")
-        host = self._server.server_address[0]
-        return f"http://{host}:{self.port}{WEBHOOK_PATH}"
+        return f"http://{self._host}:{self.port}{WEBHOOK_PATH}"
 
     # -- recorded messages -------------------------------------------------------------------------
 

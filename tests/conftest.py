@@ -40,7 +40,7 @@ class MemorySink:
         self.data = bytearray()
         self.closed = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.data += data
 
     def close(self) -> None:
