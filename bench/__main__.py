@@ -7,7 +7,6 @@ times one prediction in-process.
 """
 
 import argparse
-import csv
 import http.client
 import os
 import platform
@@ -23,6 +22,7 @@ import orjson
 from bench.report import Measurements, Run, build_table, misses
 from bench.servers import Server
 from bench.wrk import post_json_lua, run_wrk, stop_after_lua
+from service.traffic import load_training_data
 
 SAMPLE_BODY = {"data": [[5.1, 3.5, 1.4, 0.2]]}
 WARM_UP_SECONDS = 2.0
@@ -50,8 +50,7 @@ def machine_description() -> str:
 
 
 def batch_body(model_dir: Path, rows: int) -> dict[str, list[list[float]]]:
-    with open(model_dir / "training_data.csv", newline="") as file:
-        training = [[float(value) for value in row] for row in list(csv.reader(file))[1:]]
+    training = load_training_data(model_dir).rows.tolist()
     return {"data": [training[index % len(training)] for index in range(rows)]}
 
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from service.traffic import SCENARIOS
+
 SETTINGS_HELP = "Configured through SERVICE_* environment variables; see the README's settings table."
 
 
@@ -41,18 +43,21 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def traffic_command(args: argparse.Namespace) -> int:
-    from service.traffic import RowSource, Scenario, load_training_rows, run
+    from service.traffic import RowSource, Scenario, load_training_data, run
 
     try:
-        rows, feature_names = load_training_rows(args.model_dir)
-    except OSError as error:
+        training = load_training_data(args.model_dir)
+    except (OSError, ValueError) as error:
         print(f"error: {error}; run `python -m service train` first", file=sys.stderr)
         return 2
-    if args.feature not in feature_names:
-        print(f"error: --feature must be one of {', '.join(feature_names)}", file=sys.stderr)
+    scenario = Scenario(
+        args.scenario, args.outlier_fraction, args.feature, args.factor, args.label, args.share
+    )
+    try:
+        source = RowSource(training, scenario, args.seed)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    scenario = Scenario(args.scenario, args.outlier_fraction, args.feature, args.factor)
-    source = RowSource(rows, feature_names, scenario, args.seed)
     counts = asyncio.run(run(args.url, source, args.rate, args.duration))
     print(json.dumps(counts))
     return 0 if counts["errors"] == 0 else 1
@@ -108,10 +113,11 @@ def parser() -> argparse.ArgumentParser:
     traffic.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
     traffic.add_argument(
         "--scenario",
-        choices=["normal", "outliers", "drift"],
+        choices=list(SCENARIOS),
         default="normal",
-        help="normal: rows like the training data; outliers: mix in out-of-distribution "
-        "rows; drift: scale one feature",
+        help="normal: rows like the training data; outliers: a share of out-of-distribution rows; "
+        "drift: one feature multiplied by --factor; spread: one feature spread by --factor around its "
+        "training mean; class-share: rows of --label make up --share of the traffic",
     )
     traffic.add_argument("--rate", type=positive, default=25.0, help="requests per second (default: 25)")
     traffic.add_argument("--duration", type=positive, default=60.0, help="seconds to run (default: 60)")
@@ -119,14 +125,21 @@ def parser() -> argparse.ArgumentParser:
         "--outlier-fraction",
         type=fraction,
         default=0.4,
-        help="share of outlier rows in the outliers scenario (default: 0.4)",
+        help="share of the rows sent that are outliers, in the outliers scenario (default: 0.4; the "
+        "detector also flags ~11%% of the normal rows)",
     )
-    traffic.add_argument("--feature", default="petal_length", help="feature to shift in the drift scenario")
+    traffic.add_argument(
+        "--feature", default="petal_length", help="feature of the drift and spread scenarios"
+    )
     traffic.add_argument(
         "--factor",
         type=positive,
         default=1.1,
-        help="multiplier for the drifted feature (default: 1.1, i.e. +10%%)",
+        help="drift: multiplier of the feature (default: 1.1, i.e. +10%%); spread: of its spread",
+    )
+    traffic.add_argument("--label", default="setosa", help="class of the class-share scenario")
+    traffic.add_argument(
+        "--share", type=fraction, default=0.8, help="share of --label in the class-share scenario (0.8)"
     )
     traffic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     traffic.add_argument(

@@ -6,10 +6,12 @@ of one observation per value. In multiprocess mode values are `service.metric_va
 """
 
 from bisect import bisect_left
+from math import inf
 
 import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.utils import floatToGoString
 
 from service import metric_values
 from service.model import Model, Predictions
@@ -22,8 +24,8 @@ REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 INFERENCE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1)
 # One-class SVM decision function: training rows score about -0.4 … 0.6, far-away rows -3 and below.
 OUTLIER_SCORE_BUCKETS = (-3.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-# Iris measurements are 0.1 … 7.9 cm; half-centimetre buckets show a shift of the distribution.
-FEATURE_VALUE_BUCKETS = tuple(np.round(np.arange(0.5, 8.01, 0.5), 2).tolist()) + (10.0,)
+# model_input_feature_value's buckets are the model's own: each feature's edges near its training deciles
+# (metadata.json), so the drift rules compare the served share of every bucket with the training share.
 
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # Below this many values a plain `observe` loop is cheaper than the numpy pass.
@@ -83,6 +85,21 @@ class FileHistogram(BoundHistogram):
         total.doubles[total.index] += value
 
 
+def child_with_buckets(histogram: Histogram, buckets: tuple[float, ...], *labelvalues: str) -> Histogram:
+    """The child for `labelvalues` with its own buckets. prometheus-client builds a child from its parent's
+    `_kwargs`, so every child would get the parent's buckets; the exposition and the multiprocess files
+    take each child's own (its `le` labels), which lets every feature have its training deciles."""
+    parent_kwargs = histogram._kwargs
+    histogram._kwargs = {**parent_kwargs, "buckets": buckets}
+    try:
+        child = histogram.labels(*labelvalues)
+    finally:
+        histogram._kwargs = parent_kwargs
+    if list(child._upper_bounds) != [*buckets, inf]:
+        raise ValueError(f"{histogram._name}{labelvalues} was bound before with other buckets")
+    return child
+
+
 def bind_histogram(child: Histogram) -> BoundHistogram:
     return FileHistogram(child) if hasattr(child._sum, "doubles") else BoundHistogram(child)
 
@@ -119,14 +136,27 @@ class ModelMetrics:
         self.outliers = bind_counter(metrics.model_outliers.labels(version))
         self.outlier_score = bind_histogram(metrics.model_outlier_score.labels(version))
         self.feature_values = [
-            bind_histogram(metrics.model_input_feature_value.labels(version, f)) for f in model.feature_names
+            bind_histogram(child_with_buckets(metrics.model_input_feature_value, edges, version, feature))
+            for feature, edges in zip(model.feature_names, model.feature_bucket_edges, strict=True)
         ]
 
-        for feature, mean, stddev in zip(
-            model.feature_names, model.training_mean, model.training_stddev, strict=True
+        for feature, mean, stddev, edges, shares in zip(
+            model.feature_names,
+            model.training_mean,
+            model.training_stddev,
+            model.feature_bucket_edges,
+            model.feature_bucket_training_shares,
+            strict=True,
         ):
             metrics.model_feature_training_mean.labels(version, feature).set(mean)
             metrics.model_feature_training_stddev.labels(version, feature).set(stddev)
+            bounds = [floatToGoString(edge) for edge in (-inf, *edges, inf)]
+            for lower, upper, share in zip(bounds[:-1], bounds[1:], shares, strict=True):
+                metrics.model_feature_training_bucket_share.labels(version, feature, lower, upper).set(share)
+        metrics.model_training_outlier_ratio.labels(version).set(model.training_outlier_fraction)
+        for label, share in zip(model.labels, model.training_predicted_label_shares, strict=True):
+            metrics.model_training_predicted_label_ratio.labels(version, label).set(share)
+        metrics.model_training_rows.labels(version).set(model.training_rows)
         metrics.model_info.labels(
             version, model.metadata["classifier"], model.metadata["outlier_detector"]
         ).set(1)
@@ -208,9 +238,10 @@ class ServiceMetrics:
         )
         self.model_input_feature_value = Histogram(
             "model_input_feature_value",
-            "Every input value by feature; _sum / _count over a window is the exact window mean.",
+            "Every input value by feature, in buckets near the feature's training deciles; "
+            "_sum / _count over a window is the exact window mean.",
             ["model_version", "feature"],
-            buckets=FEATURE_VALUE_BUCKETS,
+            buckets=(0.0,),  # placeholder: every child is bound with the model's edges (child_with_buckets)
             registry=registry,
         )
         # Gauges in multiprocess mode: every worker sets the same value, so report the live maximum
@@ -226,6 +257,37 @@ class ServiceMetrics:
             "model_feature_training_stddev",
             "Standard deviation of the feature over the training data (from metadata.json).",
             ["model_version", "feature"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_feature_training_bucket_share = Gauge(
+            "model_feature_training_bucket_share",
+            "Share of the training values of the feature in the bucket (lower, upper] of "
+            "model_input_feature_value, whose `le` is `upper` (from metadata.json): the distribution drift "
+            "baseline.",
+            ["model_version", "feature", "lower", "upper"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_training_outlier_ratio = Gauge(
+            "model_training_outlier_ratio",
+            "Share of the training rows the outlier detector flags (from metadata.json).",
+            ["model_version"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_training_predicted_label_ratio = Gauge(
+            "model_training_predicted_label_ratio",
+            "Share of the training rows predicted as each label (from metadata.json): "
+            "the class share baseline.",
+            ["model_version", "predicted_label"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.model_training_rows = Gauge(
+            "model_training_rows",
+            "Number of rows the baselines were computed on (from metadata.json).",
+            ["model_version"],
             multiprocess_mode="livemax",
             registry=registry,
         )

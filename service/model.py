@@ -62,10 +62,37 @@ class Model:
             self.training_mean: tuple[float, ...] = tuple(self.metadata["training_mean"])
             self.training_stddev: tuple[float, ...] = tuple(self.metadata["training_stddev"])
             self.outlier_threshold = float(self.metadata["outlier_threshold"])
+            # baselines of the drift alerts (exported as gauges by service.metrics)
+            self.training_rows = int(self.metadata["training_rows"])
+            self.training_outlier_fraction = float(self.metadata["training_outlier_fraction"])
+            self.training_predicted_label_shares: tuple[float, ...] = tuple(
+                self.metadata["training_predicted_label_shares"]
+            )
+            self.feature_bucket_edges: tuple[tuple[float, ...], ...] = tuple(
+                tuple(edges) for edges in self.metadata["feature_bucket_edges"]
+            )
+            self.feature_bucket_training_shares: tuple[tuple[float, ...], ...] = tuple(
+                tuple(shares) for shares in self.metadata["feature_bucket_training_shares"]
+            )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ModelLoadError(f"cannot read model metadata {metadata_path}: {error!r}") from error
-        if not len(self.feature_names) == len(self.training_mean) == len(self.training_stddev):
+        if not (
+            len(self.feature_names)
+            == len(self.training_mean)
+            == len(self.training_stddev)
+            == len(self.feature_bucket_edges)
+            == len(self.feature_bucket_training_shares)
+        ):
             raise ModelLoadError(f"{metadata_path}: feature names and training statistics differ in length")
+        if len(self.training_predicted_label_shares) != len(self.labels):
+            raise ModelLoadError(
+                f"{metadata_path}: labels and training_predicted_label_shares differ in length"
+            )
+        for edges, shares in zip(self.feature_bucket_edges, self.feature_bucket_training_shares, strict=True):
+            if not edges or list(edges) != sorted(set(edges)) or len(shares) != len(edges) + 1:
+                raise ModelLoadError(
+                    f"{metadata_path}: feature_bucket_edges must be increasing, with one training share more"
+                )
 
         classifier_path = model_dir / CLASSIFIER_FILE
         detector_path = model_dir / OUTLIER_DETECTOR_FILE

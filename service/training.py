@@ -35,6 +35,26 @@ from service.model_files import (
 SEED = 0
 HELD_OUT_FRACTION = 0.3
 MIN_HELD_OUT_ACCURACY = 0.93
+# Drift buckets: edges near the training deciles. Iris is measured to 0.1 cm, so many rows tie on a decile:
+# an edge is put halfway between two measured values (no training value lies on an edge) and the share of
+# training rows in every bucket is stored rather than assumed to be 10%.
+DRIFT_BUCKETS = 10
+
+
+def bucket_edges(values: np.ndarray, buckets: int = DRIFT_BUCKETS) -> list[float]:
+    """Upper edges (the last bucket, up to +Inf, is implied) whose cumulative training shares come closest
+    to 1/buckets, 2/buckets, ...; midpoints between distinct values, so ties never straddle an edge."""
+    distinct = np.unique(values)
+    midpoints = (distinct[:-1] + distinct[1:]) / 2
+    cumulative = np.searchsorted(np.sort(values), midpoints, side="right") / len(values)
+    chosen = {int(np.argmin(np.abs(cumulative - k / buckets))) for k in range(1, buckets)}
+    return [round(float(midpoints[index]), 6) for index in sorted(chosen)]
+
+
+def bucket_shares(values: np.ndarray, edges: list[float]) -> list[float]:
+    """Share of `values` in each bucket (lower edge, upper edge], the last one up to +Inf."""
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return [round(float(count) / len(values), 6) for count in counts]
 
 
 def train_classifier(features: np.ndarray, targets: np.ndarray) -> tuple[Pipeline, float]:
@@ -80,6 +100,8 @@ def train(output_dir: Path, outlier_threshold: float = 0.0) -> dict:
     classifier_bytes = to_onnx_bytes(classifier, options={"zipmap": False})
     detector_bytes = to_onnx_bytes(detector)
     training_scores = detector.decision_function(features)
+    predicted = classifier.predict(features)
+    edges = [bucket_edges(features[:, column]) for column in range(features.shape[1])]
 
     version = hashlib.sha256(
         classifier_bytes + detector_bytes + repr(outlier_threshold).encode()
@@ -91,6 +113,14 @@ def train(output_dir: Path, outlier_threshold: float = 0.0) -> dict:
         "training_mean": [round(float(v), 6) for v in features.mean(axis=0)],
         "training_stddev": [round(float(v), 6) for v in features.std(axis=0)],
         "training_rows": int(features.shape[0]),
+        # the baselines of the drift alerts, over all training rows (the traffic generator's source too)
+        "feature_bucket_edges": edges,
+        "feature_bucket_training_shares": [
+            bucket_shares(features[:, column], column_edges) for column, column_edges in enumerate(edges)
+        ],
+        "training_predicted_label_shares": [
+            round(float(np.mean(predicted == label)), 6) for label in range(len(LABELS))
+        ],
         "outlier_threshold": outlier_threshold,
         "training_outlier_fraction": round(float(np.mean(training_scores < outlier_threshold)), 6),
         "held_out_accuracy": round(accuracy, 6),
@@ -108,12 +138,8 @@ def train(output_dir: Path, outlier_threshold: float = 0.0) -> dict:
     (output_dir / CLASSIFIER_FILE).write_bytes(classifier_bytes)
     (output_dir / OUTLIER_DETECTOR_FILE).write_bytes(detector_bytes)
     (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    np.savetxt(
-        output_dir / TRAINING_DATA_FILE,
-        features,
-        fmt="%.1f",
-        delimiter=",",
-        header=",".join(FEATURE_NAMES),
-        comments="",
-    )
+    with (output_dir / TRAINING_DATA_FILE).open("w") as file:
+        file.write(",".join((*FEATURE_NAMES, "label")) + "\n")
+        for row, target in zip(features.tolist(), targets.tolist(), strict=True):
+            file.write(",".join(f"{value:.1f}" for value in row) + f",{LABELS[target]}\n")
     return metadata

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from service.traffic import RowSource, Scenario, load_training_rows
+from service.traffic import RowSource, Scenario, load_training_data
 from stack.processes import stack_on_free_ports
 from stack.slack_receiver import SlackReceiver
 
@@ -36,8 +36,8 @@ class SteadyTraffic(threading.Thread):
         scenario: Scenario = NORMAL,
     ) -> None:
         super().__init__(name="traffic", daemon=True)
-        self._rows, self._features = load_training_rows(model_dir)
-        self._source = RowSource(self._rows, self._features, scenario, seed=1)
+        self._training = load_training_data(model_dir)
+        self._source = RowSource(self._training, scenario, seed=1)
         self._url = url
         self._rate = rate
         self._max_seconds = max_seconds
@@ -50,7 +50,7 @@ class SteadyTraffic(threading.Thread):
         return len(self.failures)
 
     def switch(self, scenario: Scenario) -> None:
-        self._source = RowSource(self._rows, self._features, scenario, seed=self.sent)
+        self._source = RowSource(self._training, scenario, seed=self.sent)
 
     def run(self) -> None:
         started = time.monotonic()

@@ -18,6 +18,7 @@ from conftest import MemorySink
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from sklearn.datasets import load_iris
 
 from service.app import create_app
@@ -487,6 +488,50 @@ def test_training_gauges_equal_metadata(service: Service) -> None:
     ):
         assert service.model_value("model_feature_training_mean", feature=feature) == mean
         assert service.model_value("model_feature_training_stddev", feature=feature) == stddev
+
+
+def test_drift_baseline_gauges_equal_metadata(service: Service) -> None:
+    metadata = service.metadata
+    assert service.model_value("model_training_rows") == metadata["training_rows"]
+    assert service.model_value("model_training_outlier_ratio") == metadata["training_outlier_fraction"]
+    for label, share in zip(LABELS, metadata["training_predicted_label_shares"], strict=True):
+        assert service.model_value("model_training_predicted_label_ratio", predicted_label=label) == share
+    for feature, edges, shares in zip(
+        FEATURE_NAMES,
+        metadata["feature_bucket_edges"],
+        metadata["feature_bucket_training_shares"],
+        strict=True,
+    ):
+        bounds = ["-Inf", *(floatToGoString(edge) for edge in edges), "+Inf"]
+        for lower, upper, share in zip(bounds[:-1], bounds[1:], shares, strict=True):
+            value = service.model_value(
+                "model_feature_training_bucket_share", feature=feature, lower=lower, upper=upper
+            )
+            assert value == share, (feature, lower, upper)
+
+
+def test_each_feature_histogram_has_its_own_training_decile_buckets(service: Service) -> None:
+    service.client.post("/predict", json={"data": [ROW]})
+    for column, (feature, edges) in enumerate(
+        zip(FEATURE_NAMES, service.metadata["feature_bucket_edges"], strict=True)
+    ):
+        les = {
+            sample.labels["le"]
+            for metric in service.registry.collect()
+            if metric.name == "model_input_feature_value"
+            for sample in metric.samples
+            if sample.name.endswith("_bucket") and sample.labels["feature"] == feature
+        }
+        assert les == {*(floatToGoString(edge) for edge in edges), "+Inf"}, feature
+        first_bucket_holding_the_value = next(
+            (floatToGoString(edge) for edge in edges if ROW[column] <= edge), "+Inf"
+        )
+        assert (
+            service.model_value(
+                "model_input_feature_value_bucket", feature=feature, le=first_bucket_holding_the_value
+            )
+            == 1
+        )
 
 
 def test_model_info_is_1_for_the_loaded_model(service: Service) -> None:

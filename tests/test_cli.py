@@ -60,4 +60,7 @@ def test_traffic_rejects_an_unknown_feature_with_exit_code_2(model_dir: Path) ->
         "0.1",
     )
     assert result.returncode == 2
-    assert "--feature must be one of sepal_length, sepal_width, petal_length, petal_width" in result.stderr
+    assert (
+        "unknown feature 'leaf_colour'; one of sepal_length, sepal_width, petal_length, petal_width"
+        in result.stderr
+    )

@@ -157,3 +157,28 @@ def test_classifier_probabilities_are_a_plain_float_tensor_without_zipmap(model_
     probabilities = {o.name: o for o in session.get_outputs()}["probabilities"]
     assert probabilities.type == "tensor(float)"
     assert probabilities.shape[1] == 3
+
+
+def test_drift_buckets_lie_between_measured_values_and_their_shares_are_the_training_shares(
+    metadata: dict, iris: tuple[np.ndarray, np.ndarray]
+):
+    features, _ = iris
+    for column, (edges, shares) in enumerate(
+        zip(metadata["feature_bucket_edges"], metadata["feature_bucket_training_shares"], strict=True)
+    ):
+        values = features[:, column]
+        assert edges == sorted(set(edges)) and 5 <= len(edges) <= 9, edges
+        assert not np.isin(np.round(values, 6), edges).any(), "a training value lies on an edge"
+        counts = np.histogram(values, bins=[-np.inf, *edges, np.inf])[0]
+        np.testing.assert_allclose(shares, counts / len(values), atol=1e-6)
+        # near deciles: no bucket holds more than a fifth of the rows, even where measurements tie
+        assert max(shares) < 0.2, shares
+
+
+def test_training_predicted_label_shares_are_the_classifier_shares_on_all_rows(
+    metadata: dict, iris: tuple[np.ndarray, np.ndarray]
+):
+    features, targets = iris
+    classifier, _ = train_classifier(features, targets)
+    shares = np.bincount(classifier.predict(features), minlength=len(LABELS)) / len(features)
+    np.testing.assert_allclose(metadata["training_predicted_label_shares"], shares, atol=1e-6)
