@@ -1,5 +1,6 @@
 # `make run`: the service, Prometheus and Alertmanager on this machine (no Docker).
 # `make test`: create the virtual environment, install everything and run every test.
+# `make test-fast`: the same without the tests that start real servers (markers e2e and serving).
 # `make lint`: ruff (lint and format) and mypy with the pydantic plugin, as CI runs them before the tests.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,13 +8,16 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: run test bench train lint clean debian-packages
+.PHONY: run test test-fast bench train lint clean debian-packages
 
 run: $(VENV)/.installed $(MODEL_DIR)/metadata.json debian-packages
 	$(PY) -m stack run
 
 test: $(VENV)/.installed debian-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed debian-packages
+	$(PY) -m pytest -m "not e2e and not serving" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
 	./scripts/ensure-debian-packages wrk

@@ -221,6 +221,7 @@ def kill_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> KillR
         service.stop()
 
 
+@pytest.mark.serving
 def test_gunicorn_replaces_a_worker_killed_with_sigkill(kill_run: KillRun) -> None:
     assert "was sent SIGKILL" in kill_run.server_output, kill_run.server_output
     assert len(kill_run.workers_after) == 2
@@ -228,6 +229,7 @@ def test_gunicorn_replaces_a_worker_killed_with_sigkill(kill_run: KillRun) -> No
     assert len(kill_run.workers_before & kill_run.workers_after) == 1
 
 
+@pytest.mark.serving
 def test_sigkill_fails_only_the_requests_in_flight_on_the_killed_worker(kill_run: KillRun) -> None:
     failed = kill_run.load.failed
     assert len(kill_run.load.outcomes) == KILL_REQUESTS
@@ -238,6 +240,7 @@ def test_sigkill_fails_only_the_requests_in_flight_on_the_killed_worker(kill_run
     assert len(started_after_death) >= 100  # the load went on well past the kill
 
 
+@pytest.mark.serving
 def test_predictions_total_keeps_the_killed_workers_counts_and_never_doubles_them(kill_run: KillRun) -> None:
     # The killed worker answered hundreds of requests: losing its file would put the total far below the
     # answers, counting it twice far above. Requests in flight may have been counted without an answer.
@@ -246,11 +249,13 @@ def test_predictions_total_keeps_the_killed_workers_counts_and_never_doubles_the
     assert answered <= kill_run.final.answered <= answered + len(kill_run.load.failed)
 
 
+@pytest.mark.serving
 def test_scraped_totals_never_decrease_across_the_kill(kill_run: KillRun) -> None:
     assert len(kill_run.samples) >= 5
     assert never_decrease(kill_run.samples), kill_run.samples
 
 
+@pytest.mark.serving
 def test_sigkill_loses_log_lines_of_the_last_moments_before_the_kill_only(kill_run: KillRun) -> None:
     # Lines wait in the worker for up to FLUSH_SECONDS (50 ms) before a thread writes them, so a SIGKILL
     # loses the lines of the requests the killed worker answered just before (a known limit, reported).
@@ -310,12 +315,14 @@ def recycle_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Re
         service.stop()
 
 
+@pytest.mark.serving
 def test_workers_were_recycled_many_times(recycle_run: RecycleRun) -> None:
     # A worker stops after 25 to 27 requests (jitter 10%), as uvicorn checks the count every 0.1 s: it
     # serves 25 to about 60 requests, so 1000 requests need 17 to 40 workers (18 to 26 seen here).
     assert recycle_run.workers_booted >= 10
 
 
+@pytest.mark.serving
 def test_recycled_workers_leave_a_bounded_number_of_metric_files(recycle_run: RecycleRun) -> None:
     # The files of the 2 live workers, plus at most one archive per folded type, however many have died.
     bound = 2 * FILES_PER_WORKER + 2
@@ -324,17 +331,20 @@ def test_recycled_workers_leave_a_bounded_number_of_metric_files(recycle_run: Re
     assert recycle_run.most_files <= bound + 2 * FILES_PER_WORKER
 
 
+@pytest.mark.serving
 def test_totals_stay_exact_across_recycling(recycle_run: RecycleRun) -> None:
     answered = len(recycle_run.load.ok)
     # A request the recycling dropped never reached the app (see the xfail below): nothing to count.
     assert (recycle_run.final.predictions, recycle_run.final.answered) == (answered, answered)
 
 
+@pytest.mark.serving
 def test_scraped_totals_never_decrease_across_recycling(recycle_run: RecycleRun) -> None:
     assert len(recycle_run.samples) >= 5
     assert never_decrease(recycle_run.samples), recycle_run.samples
 
 
+@pytest.mark.serving
 def test_worker_recycling_drops_no_request(recycle_run: RecycleRun) -> None:
     assert [outcome.error for outcome in recycle_run.load.failed] == []
 

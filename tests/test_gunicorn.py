@@ -28,6 +28,8 @@ from service.model_files import CLASSIFIER_FILE, FEATURE_NAMES, LABELS, METADATA
 from stack.processes import free_port, require_binary
 from stack.service_process import service_env
 
+pytestmark = pytest.mark.serving
+
 N_REQUESTS = 400
 CONNECTIONS = 8
 STARTUP_SECONDS = 30.0

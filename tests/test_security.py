@@ -322,6 +322,7 @@ def test_unsafe_raw_request_id_is_replaced_by_a_uuid_in_answer_header_and_log(
     assert json.loads(line)["job_id"] == job_id
 
 
+@pytest.mark.serving
 def test_metrics_can_be_served_on_a_separate_port_and_not_with_the_api(
     tmp_path: Path, model_dir: Path
 ) -> None:
