@@ -1,4 +1,4 @@
-"""Command line: `python -m service train | serve | traffic` (each has --help)."""
+"""Command line: `python -m service train | serve | traffic | logs` (each has --help)."""
 
 import argparse
 import asyncio
@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from service import logs_command
 from service.traffic import SCENARIOS
 
 SETTINGS_HELP = "Configured through SERVICE_* environment variables; see the README's settings table."
@@ -149,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
         help="folder with training_data.csv (default: models)",
     )
     traffic.set_defaults(handler=traffic_command)
+
+    logs_command.add_parser(commands)
     return root
 
 
