@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 debian-packages:
-	./scripts/ensure-debian-packages docker-compose
+	./scripts/ensure-debian-packages docker-compose chromium
 
 clean:
 	rm -rf .run $(MODEL_DIR)
