@@ -17,7 +17,7 @@ import numpy as np
 from service.model import Model, Predictions
 from service.prediction_log import PredictionLog, RotatingFileSink
 from service.predictor import Answer, Predictor
-from service.traffic import RowSource, Scenario, load_training_rows
+from service.traffic import RowSource, Scenario, load_training_data
 from service.validation import InvalidInput, Reason
 
 CHUNK_ROWS = 100_000
@@ -78,10 +78,10 @@ def write_log(
     seed: int = 0,
 ) -> None:
     """Log `predictions` single-row /predict requests (and one rejected request per REJECTED_EVERY)."""
-    training_rows, feature_names = load_training_rows(model_dir)
-    source = RowSource(training_rows, feature_names, Scenario("outliers", outlier_fraction), seed)
-    data = [source.next_row() for _ in range(predictions)]
-    rows = np.array(data, dtype=np.float32)
+    source = RowSource(load_training_data(model_dir), Scenario("outliers", outlier_fraction), seed)
+    sent = source.rows(predictions)
+    data = sent.tolist()
+    rows = sent.astype(np.float32)
     model = SlicedModel(Model(model_dir), rows)
     log = PredictionLog(RotatingFileSink(log_file, max_bytes, backup_count))
     predictor = Predictor(model, max_batch_rows=1, metrics=None, prediction_log=log)  # type: ignore[arg-type]

@@ -19,7 +19,6 @@ import math
 import tempfile
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -56,32 +55,45 @@ class LogError(Exception):
 
 @dataclass(frozen=True)
 class Baseline:
-    """What the log is compared with: the model's metadata.json (and its training rows, if given)."""
+    """What the log is compared with: the model's metadata.json and training_data.csv."""
 
     model_version: str
     feature_names: tuple[str, ...]
     labels: tuple[str, ...]
     training_mean: tuple[float, ...]
-    training_rows: tuple[tuple[float, ...], ...] = ()
+    # per feature: the drift buckets' upper edges (the last bucket runs to +Inf) and the training shares
+    bucket_edges: tuple[tuple[float, ...], ...]
+    bucket_training_shares: tuple[tuple[float, ...], ...]
+    training_rows: tuple[tuple[float, ...], ...]  # feature values only, in feature_names' order
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> "Baseline":
         metadata_path = model_dir / "metadata.json"
+        training_path = model_dir / "training_data.csv"
         try:
             metadata = json.loads(metadata_path.read_text())
             names = tuple(metadata["feature_names"])
-            labels = tuple(metadata["labels"])
-            means = tuple(float(value) for value in metadata["training_mean"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            lines = training_path.read_text().splitlines()
+            header = lines[0].split(",")
+            columns = [header.index(name) for name in names]
+            rows = tuple(
+                tuple(float(values[column]) for column in columns)
+                for values in (line.split(",") for line in lines[1:] if line)
+            )
+            return cls(
+                metadata["model_version"],
+                names,
+                tuple(metadata["labels"]),
+                tuple(float(value) for value in metadata["training_mean"]),
+                tuple(tuple(edges) for edges in metadata["feature_bucket_edges"]),
+                tuple(tuple(shares) for shares in metadata["feature_bucket_training_shares"]),
+                rows,
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
             raise LogError(
-                f"cannot read {metadata_path} ({error}); pass --model-dir with the model that wrote the log"
+                f"cannot read the model's {metadata_path} or {training_path} ({error}); pass --model-dir "
+                "with the model that wrote the log (`python -m service train` writes both)"
             ) from error
-        rows: tuple[tuple[float, ...], ...] = ()
-        training_path = model_dir / "training_data.csv"
-        if training_path.is_file():
-            lines = training_path.read_text().splitlines()[1:]
-            rows = tuple(tuple(float(value) for value in line.split(",")) for line in lines if line)
-        return cls(metadata["model_version"], names, labels, means, rows)
 
 
 @dataclass
@@ -345,7 +357,7 @@ class LogDatabase:
         class shares, request latency p50/p99, rejections by reason. One pass over the files, which also
         counts the unreadable lines. Windows without a line do not appear."""
         baseline = self.baseline
-        window = (
+        bucket = (
             "NULL"
             if every is None
             else f"time_bucket(INTERVAL '{int(every.total_seconds())} seconds', timestamp)"
@@ -369,7 +381,7 @@ class LogDatabase:
                    histogram(error.reason) FILTER (WHERE error IS NOT NULL),
                    {feature_sums}, {label_counts}
             FROM (
-                SELECT CASE WHEN readable THEN {window} END AS window_start, * EXCLUDE (model_version),
+                SELECT CASE WHEN readable THEN {bucket} END AS window_start, * EXCLUDE (model_version),
                        CASE WHEN readable THEN model_version END AS model_version
                 FROM lines_or_unreadable
             )
@@ -419,15 +431,16 @@ class LogDatabase:
     def feature_distributions(self) -> dict[str, "FeatureDistribution"]:
         """Per feature, the served values against the training values, from one pass: one DuckDB histogram
         per feature over every boundary the tests and pictures need (just below and at each training value
-        for KS, the training deciles for PSI, equal-width bins for the picture). No served value is kept."""
+        for KS, the drift buckets' edges for PSI, equal-width bins for the picture). No value is kept."""
         baseline = self.baseline
-        if not baseline.training_rows:
-            raise LogError("the model folder has no training_data.csv: no training distribution to compare")
         distributions = {}
         aggregates = []
         for index, name in enumerate(baseline.feature_names):
             distribution = FeatureDistribution.for_training(
-                name, [row[index] for row in baseline.training_rows]
+                name,
+                [row[index] for row in baseline.training_rows],
+                list(baseline.bucket_edges[index]),
+                list(baseline.bucket_training_shares[index]),
             )
             boundaries = ", ".join(f"'{value!r}'" for value in distribution.boundaries())
             aggregates.append(f"histogram({quoted(name)}, [{boundaries}]::DOUBLE[])")
@@ -454,20 +467,6 @@ class LogDatabase:
         return every, self.summary(every)
 
 
-def decile_edges(sorted_values: list[float]) -> list[float]:
-    """The distinct inner decile edges of the values (linear interpolation, as numpy's default quantile)."""
-    n = len(sorted_values)
-    edges = []
-    for decile in range(1, 10):
-        position = decile / 10 * (n - 1)
-        lower = int(position)
-        upper = min(lower + 1, n - 1)
-        edges.append(
-            sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * (position - lower)
-        )
-    return sorted(set(edges))
-
-
 @dataclass
 class FeatureDistribution:
     """One feature's served values against its training values. The served side is kept as counts at or
@@ -475,24 +474,25 @@ class FeatureDistribution:
 
     name: str
     training: list[float]  # sorted
+    bucket_edges: list[float]  # upper edges of the drift buckets (metadata.json); the last runs to +Inf
+    bucket_training_shares: list[float]
     plot_low: float
     plot_high: float
     served: int = 0
     served_at_or_below: dict[float, int] = field(default_factory=dict)
 
     @classmethod
-    def for_training(cls, name: str, values: list[float]) -> "FeatureDistribution":
+    def for_training(
+        cls, name: str, values: list[float], bucket_edges: list[float], bucket_training_shares: list[float]
+    ) -> "FeatureDistribution":
         training = sorted(values)
         span = (training[-1] - training[0]) or 1.0
-        return cls(name, training, training[0] - 0.5 * span, training[-1] + 0.5 * span)
+        low, high = training[0] - 0.5 * span, training[-1] + 0.5 * span
+        return cls(name, training, bucket_edges, bucket_training_shares, low, high)
 
     @property
     def points(self) -> list[float]:
         return sorted(set(self.training))
-
-    @property
-    def decile_edges(self) -> list[float]:
-        return decile_edges(self.training)
 
     def plot_edges(self) -> list[float]:
         width = (self.plot_high - self.plot_low) / PLOT_BINS
@@ -500,7 +500,7 @@ class FeatureDistribution:
 
     def boundaries(self) -> list[float]:
         just_below = [math.nextafter(point, -math.inf) for point in self.points]
-        return sorted({*just_below, *self.points, *self.decile_edges, *self.plot_edges()})
+        return sorted({*just_below, *self.points, *self.bucket_edges, *self.plot_edges()})
 
     def served_share_at_or_below(self, boundary: float) -> float:
         return self.served_at_or_below.get(boundary, 0) / self.served
@@ -529,27 +529,21 @@ class FeatureDistribution:
         return KS_COEFFICIENT_5_PERCENT * ((n + m) / (n * m)) ** 0.5
 
     def psi(self) -> float | None:
-        """Population stability index over the training deciles; an empty bin counts as half a row."""
+        """Population stability index over the drift buckets of metadata.json (those of the feature
+        histogram); an empty bucket counts as half a row."""
         if not self.served:
             return None
-        edges = self.decile_edges
-        served = shares(edges, self.served_share_at_or_below)
-        training = shares(edges, self.training_share_at_or_below)
+        cumulative = [0.0, *(self.served_share_at_or_below(edge) for edge in self.bucket_edges), 1.0]
+        served = [upper - lower for lower, upper in zip(cumulative, cumulative[1:], strict=False)]
         floor_served, floor_training = 0.5 / self.served, 0.5 / len(self.training)
-        return sum(
-            (max(s, floor_served) - max(t, floor_training))
-            * math.log(max(s, floor_served) / max(t, floor_training))
-            for s, t in zip(served, training, strict=True)
-        )
+        index = 0.0
+        for served_share, training_share in zip(served, self.bucket_training_shares, strict=True):
+            s, t = max(served_share, floor_served), max(training_share, floor_training)
+            index += (s - t) * math.log(s / t)
+        return index
 
     def served_histogram(self) -> tuple[list[float], list[int]]:
         """The picture's bins: edges and served counts (values outside the edges are left out)."""
         edges = self.plot_edges()
         cumulative = [self.served_at_or_below.get(edge, 0) for edge in edges]
         return edges, [upper - lower for lower, upper in zip(cumulative, cumulative[1:], strict=False)]
-
-
-def shares(edges: list[float], share_at_or_below: Callable[[float], float]) -> list[float]:
-    """Shares of the bins between the edges, plus the two outside them."""
-    cumulative = [0.0, *(share_at_or_below(edge) for edge in edges), 1.0]
-    return [upper - lower for lower, upper in zip(cumulative, cumulative[1:], strict=False)]

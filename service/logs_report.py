@@ -195,7 +195,8 @@ def tests_table(
         + "</table>"
         f'<p class="note">Mean deviation over the predictions of model {html.escape(baseline.model_version)} '
         "(the version metadata.json describes). KS and PSI compare every selected row with the training rows "
-        "(training_data.csv); PSI bins are the training deciles, an empty bin counts as half a row. Note: "
+        "(training_data.csv); PSI's bins are the drift buckets of metadata.json (near the training deciles, "
+        "as the feature histograms'), an empty bin counts as half a row. Note: "
         "training values are rounded to 0.1 cm, so served values that are not rounded show a KS gap at "
         "each repeated training value even without any shift.</p>"
     )

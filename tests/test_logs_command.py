@@ -338,7 +338,16 @@ def test_ks_statistic_and_psi_from_counts_equal_the_direct_computation() -> None
 
     training = [1.0, 1.0, 1.5, 2.0, 2.0, 2.0, 3.5, 4.0, 4.0, 5.0, 6.0, 6.0]
     served = [0.5, 1.0, 1.2, 2.0, 2.2, 2.0, 3.0, 3.5, 4.5, 7.0, 1.0, 2.0, 2.0, 6.5]
-    distribution = FeatureDistribution.for_training("x", training)
+    edges = [1.25, 2.5, 4.5]  # drift bucket edges; the last bucket runs to +Inf
+    bounds = [-math.inf, *edges, math.inf]
+
+    def bin_shares(values: list[float]) -> list[float]:
+        return [
+            sum(1 for v in values if low < v <= high) / len(values)
+            for low, high in zip(bounds, bounds[1:], strict=False)
+        ]
+
+    distribution = FeatureDistribution.for_training("x", training, edges, bin_shares(training))
     con = duckdb.connect()
     boundaries = ", ".join(f"'{value!r}'" for value in distribution.boundaries())
     values = ", ".join(f"({value})" for value in served)
@@ -351,16 +360,7 @@ def test_ks_statistic_and_psi_from_counts_equal_the_direct_computation() -> None
         running += count
         distribution.served_at_or_below[boundary] = running
     assert distribution.ks_statistic() == pytest.approx(ks_2samp(served, training).statistic, abs=1e-12)
-    # PSI directly: bins between the training deciles, shares floored at half a row
-    edges = distribution.decile_edges
-    bounds = [-math.inf, *edges, math.inf]
-
-    def bin_shares(values: list[float]) -> list[float]:
-        return [
-            sum(1 for v in values if low < v <= high) / len(values)
-            for low, high in zip(bounds, bounds[1:], strict=False)
-        ]
-
+    # PSI directly: the buckets' shares, floored at half a row
     expected = sum(
         (max(s, 0.5 / len(served)) - max(t, 0.5 / len(training)))
         * math.log(max(s, 0.5 / len(served)) / max(t, 0.5 / len(training)))
