@@ -378,3 +378,15 @@ def test_alertmanager_secret_routes(alertmanager_dir, labels, receiver):
         "config", "routes", "test", f"--config.file={config_file}", f"--verify.receivers={receiver}", *labels
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_states_the_generated_resources_and_grace_period():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## On Kubernetes") :].split("\n## ")[0]
+    objects = rendered("production")
+    resources = service_container(objects)["resources"]
+    assert f"memory request {resources['requests']['memory']}" in section
+    assert f"limit {resources['limits']['memory']}" in section
+    assert f"CPU request {resources['requests']['cpu']}" in section
+    assert f"limit {resources['limits']['cpu']}" in section
+    assert f"terminationGracePeriodSeconds: {pod_spec(objects)['terminationGracePeriodSeconds']}" in section
