@@ -59,18 +59,19 @@ REPLICAS = {"base": 2, "dev": 1, "production": 3}
 MAX_REPLICAS = 10
 TARGET_CPU_UTILIZATION = 70  # percent of the request: the benchmark's saturation (see resources())
 
-# The service's settings in the pod. Loki keeps the history: the emptyDir holds a few files only.
-SERVICE_SETTINGS = {
-    "host": "0.0.0.0",
-    "port": HTTP_PORT,
-    "metrics_port": METRICS_PORT,
-    "workers": 2,
-    "model_dir": "/app/models",
-    "multiproc_dir": f"{TMP_DIR}/service/prometheus-multiproc",
-    "log_file": f"{LOG_DIR}/predictions.jsonl",
-    "log_max_bytes": 64 * 1024 * 1024,
-    "log_backup_count": 2,
-}
+# The service's settings in the pod, as the settings object (a renamed field or a bad value fails here);
+# the ConfigMap holds the ones given. Loki keeps the history: the emptyDir holds a few files only.
+POD_SETTINGS = Settings(
+    host="0.0.0.0",
+    port=HTTP_PORT,
+    metrics_port=METRICS_PORT,
+    workers=2,
+    model_dir=Path("/app/models"),
+    multiproc_dir=Path(f"{TMP_DIR}/service/prometheus-multiproc"),
+    log_file=Path(f"{LOG_DIR}/predictions.jsonl"),
+    log_max_bytes=64 * 1024 * 1024,
+    log_backup_count=2,
+)
 
 # kube-prometheus-stack's own always-firing alerts, which the shipped routing would send to Slack.
 CLUSTER_ALERTS_SILENCED = ["Watchdog", "InfoInhibitor"]
@@ -95,17 +96,13 @@ def service_image() -> str:
 
 
 def settings_environment() -> dict[str, str]:
-    """SERVICE_* variables, checked against the settings object: a renamed field fails here."""
-    fields = Settings.model_fields
-    unknown = set(SERVICE_SETTINGS) - set(fields)
-    if unknown:
-        raise GenerationError(f"not settings of service/settings.py: {sorted(unknown)}")
-    Settings(**SERVICE_SETTINGS)  # the values validate as the service would read them
-    return {f"SERVICE_{name.upper()}": str(value) for name, value in SERVICE_SETTINGS.items()}
+    """The SERVICE_* variables of the settings given in POD_SETTINGS, in the order given."""
+    given = [name for name in Settings.model_fields if name in POD_SETTINGS.model_fields_set]
+    return {f"SERVICE_{name.upper()}": str(getattr(POD_SETTINGS, name)) for name in given}
 
 
 def graceful_timeout_seconds() -> int:
-    return int(GunicornServer(Settings(**SERVICE_SETTINGS)).cfg.graceful_timeout)
+    return int(GunicornServer(POD_SETTINGS).cfg.graceful_timeout)
 
 
 def scrape_interval() -> str:
@@ -142,8 +139,11 @@ def resources() -> dict:
     of saturation. Limit: a whole core a worker.
     """
     results = (REPO_ROOT / "bench" / "results" / "latest.md").read_text(encoding="utf-8")
-    workers = int(SERVICE_SETTINGS["workers"])
-    bench_workers = int(re.search(r"; (\d+) workers;", results)[1])
+    workers = POD_SETTINGS.workers
+    header = re.search(r"; (\d+) workers;", results)
+    if header is None:
+        raise GenerationError("bench/results/latest.md does not say how many workers it ran")
+    bench_workers = int(header[1])
     if bench_workers != workers:
         raise GenerationError(f"the bench ran {bench_workers} workers, the pod runs {workers}")
     rss_after_requests = max(numbers(bench_row(results, "6. RSS per worker:").split("→")[1])[-2:])
@@ -268,7 +268,7 @@ def service_container() -> dict:
 
 def prediction_log_size_limit() -> str:
     """The live file and its rotated copies, counted as if gzip saved nothing, plus the lock file."""
-    size = SERVICE_SETTINGS["log_max_bytes"] * (1 + SERVICE_SETTINGS["log_backup_count"])
+    size = POD_SETTINGS.log_max_bytes * (1 + POD_SETTINGS.log_backup_count)
     return mebibytes(size / 2**20 + 1)
 
 
@@ -473,7 +473,7 @@ def alertmanager_secret() -> dict:
 
 
 def kustomization(resources: list[str], replicas: int | None = None) -> dict:
-    document = {
+    document: dict[str, object] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": resources,
