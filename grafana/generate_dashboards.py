@@ -7,6 +7,11 @@ JSON to those rules and to the names in docs/design.md.
 
 Queries use the recording rules where one exists, so the dashboards show the very numbers the alerts
 judge; raw counters and histogram buckets appear only inside rate()/increase().
+
+Alerts appear from Prometheus' series ALERTS, chosen by label and never by alert name (docs/design.md), so
+a new alert needs no change here: dashboard annotations shade, on the panels of the numbers an alert
+watches, the time from when it fired to when it resolved, and a table on each dashboard lists the alerts
+firing now.
 """
 
 import argparse
@@ -35,6 +40,15 @@ FEATURE_MEAN_TOLERANCE = 0.05  # ModelInputFeatureMeanDrift
 MIN_PREDICTIONS_FEATURE_MEAN = 2000  # ModelInputFeatureMeanDrift's minimum sample
 ERROR_RATIO_THRESHOLD = 0.05  # PredictionErrorRateHigh
 LATENCY_P99_THRESHOLD_SECONDS = 0.25  # PredictionLatencyHigh
+
+# Alerts by label (the categories of prometheus/rules/): the service's own two, and every other one
+# (infrastructure: exporters, host), which the Prediction service dashboard shows whatever its job.
+FIRING = 'alertstate="firing"'
+SERVICE_HEALTH = 'category="service_health"'
+MODEL_QUALITY = 'category="model_quality"'
+OTHER_CATEGORIES = 'category!~"model_quality|service_health"'
+# Prometheus' rule evaluation interval: the finest step at which ALERTS changes.
+EVALUATION_INTERVAL = "10s"
 
 # Label matchers for the template variables. Multi-value and "All" variables need `=~`; recording rules
 # are aggregated by job and have no instance label, so they are filtered on job (and model_version) only.
@@ -263,6 +277,70 @@ VARIABLES = [
 ]
 
 
+def alert_annotation(
+    name: str, matchers: list[str], text: str, color: str, panel_titles: tuple[str, ...]
+) -> dict:
+    """Shade the firing time of the alerts that `matchers` select on the panels named `panel_titles`.
+
+    Grafana runs the query over the dashboard's range and joins the samples of each series that are at most
+    a step apart into one region: from the first evaluation that found the alert firing to the last. The
+    titles become panel ids in `dashboard()`. `text` may use only labels every selected alert has (Grafana
+    prints the label's name for a missing one)."""
+    return {
+        "name": name,
+        "datasource": DATASOURCE,
+        "enable": True,
+        "hide": False,
+        "iconColor": color,
+        "target": {
+            "expr": selector("ALERTS", FIRING, *matchers),
+            "interval": EVALUATION_INTERVAL,
+            "refId": "Anno",
+        },
+        "titleFormat": "{{alertname}}",
+        "textFormat": text,
+        "tagKeys": "severity,feature,predicted_label",
+        "useValueForTime": False,
+        "filter": {"exclude": False, "ids": list(panel_titles)},
+    }
+
+
+def firing_alerts_table() -> dict:
+    """The alerts firing now for the selected job and model version, and every infrastructure alert, with
+    the time each became active (pending) from ALERTS_FOR_STATE, whose value is that Unix time."""
+    own = selector("ALERTS", FIRING, 'job=~"$job|"', 'model_version=~"$model_version|"')
+    other = selector("ALERTS", FIRING, OTHER_CATEGORIES)
+    expr = f"1000 * (ALERTS_FOR_STATE and ignoring (alertstate) ({own} or {other}))"  # milliseconds
+    return panel(
+        "table",
+        "Firing alerts",
+        "Alerts firing now in Prometheus (series ALERTS) for the selected job and model version, and "
+        "every infrastructure alert; Active since is when the alert's condition first held (the start of "
+        "its pending time, series ALERTS_FOR_STATE). Each alert's runbook_url leads to its section of "
+        "docs/runbook.md; Alerting → Alert rules in Grafana shows them all.",
+        "dateTimeAsIso",
+        [target(expr, fmt="table", instant=True)],
+        width=GRID_WIDTH,
+        height=6,
+        defaults={"noValue": "No alert is firing"},
+        options={
+            "cellHeight": "sm",
+            "footer": {"show": False},
+            "showHeader": True,
+            "sortBy": [{"displayName": "severity", "desc": False}],
+        },
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "alertstate": True},
+                    "renameByName": {"Value": "Active since"},
+                },
+            }
+        ],
+    )
+
+
 def layout(panels: list[dict]) -> list[dict]:
     """Number the panels in order and place them left to right, wrapping at the grid width."""
     placed = []
@@ -277,7 +355,20 @@ def layout(panels: list[dict]) -> list[dict]:
     return placed
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[dict]) -> dict:
+def with_panel_ids(annotation: dict, placed: list[dict]) -> dict:
+    ids_by_title = {item["title"]: item["id"] for item in placed}
+    titles = annotation["filter"]["ids"]
+    missing = [title for title in titles if title not in ids_by_title]
+    if missing:
+        raise ValueError(f"annotation {annotation['name']!r} names no panel {missing}")
+    return {
+        **annotation,
+        "filter": {**annotation["filter"], "ids": [ids_by_title[title] for title in titles]},
+    }
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict], annotations: list[dict]) -> dict:
+    placed = layout(panels)
     return {
         "uid": uid,
         "title": title,
@@ -300,9 +391,9 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict]) -> dic
                 "keepTime": True,
             }
         ],
-        "annotations": {"list": []},
+        "annotations": {"list": [with_panel_ids(annotation, placed) for annotation in annotations]},
         "templating": {"list": VARIABLES},
-        "panels": layout(panels),
+        "panels": placed,
     }
 
 
@@ -311,6 +402,8 @@ def prediction_service() -> dict:
     inference_buckets = selector("model_inference_duration_seconds_bucket", JOB, INSTANCE, MODEL_VERSION)
     inference_rate_by_stage = f"sum by (le, stage) (rate({inference_buckets}[$__rate_interval]))"
     panels = [
+        row("Alerts"),
+        firing_alerts_table(),
         row("Traffic and errors"),
         panel(
             "stat",
@@ -403,11 +496,29 @@ def prediction_service() -> dict:
             min_value=0,
         ),
     ]
+    graphs = tuple(item["title"] for item in panels if item["type"] in ("timeseries", "heatmap"))
+    annotations = [
+        alert_annotation(
+            "Service health alerts",
+            [SERVICE_HEALTH, JOB],
+            "{{severity}}: {{alertname}} ({{job}})",
+            "red",
+            graphs,
+        ),
+        alert_annotation(
+            "Infrastructure alerts",
+            [OTHER_CATEGORIES],
+            "{{severity}}: {{alertname}}",
+            "yellow",
+            graphs,
+        ),
+    ]
     return dashboard(
         "prediction-service",
         "Prediction service",
         "Health of the prediction service: traffic, errors and latency (service_health alerts).",
         panels,
+        annotations,
     )
 
 
@@ -465,31 +576,7 @@ def model_monitoring() -> dict:
     tolerance = f"{FEATURE_MEAN_TOLERANCE:.0%}"
     panels = [
         row("Alerts"),
-        panel(
-            "table",
-            "Firing alerts",
-            "Alerts firing now in Prometheus (series ALERTS) for the selected job, and those without a job "
-            "label. Each alert's runbook_url leads to its section of docs/runbook.md.",
-            "short",
-            [target('ALERTS{alertstate="firing", job=~"$job|"}', fmt="table", instant=True)],
-            width=GRID_WIDTH,
-            height=6,
-            defaults={"noValue": "No alert is firing"},
-            options={
-                "cellHeight": "sm",
-                "footer": {"show": False},
-                "showHeader": True,
-                "sortBy": [{"displayName": "severity", "desc": False}],
-            },
-            transformations=[
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True, "Value": True, "__name__": True, "alertstate": True}
-                    },
-                }
-            ],
-        ),
+        firing_alerts_table(),
         row("Model quality"),
         timeseries(
             "Outlier ratio over 2m",
@@ -576,11 +663,40 @@ def model_monitoring() -> dict:
         ),
         *(item for feature in FEATURES for item in feature_panels(feature)),
     ]
+    model_scope = [MODEL_QUALITY, JOB, MODEL_VERSION]
+    annotations = [
+        alert_annotation(
+            "Model quality alerts",
+            [*model_scope, 'feature=""'],
+            "{{severity}}: {{alertname}}, model {{model_version}} ({{job}})",
+            "orange",
+            (
+                "Outlier ratio over 2m",
+                "Predictions in window",
+                "Predicted class share",
+                "Outlier score distribution",
+            ),
+        ),
+        *(
+            alert_annotation(
+                f"Drift alerts: {feature}",
+                [*model_scope, f'feature="{feature}"'],
+                "{{severity}}: {{alertname}} of {{feature}}, model {{model_version}} ({{job}})",
+                "purple",
+                (
+                    "Feature mean deviation from training",
+                    *(item["title"] for item in feature_panels(feature)),
+                ),
+            )
+            for feature in FEATURES
+        ),
+    ]
     return dashboard(
         "model-monitoring",
         "Model monitoring",
         "Quality of the model's predictions and drift of its inputs (model_quality alerts).",
         panels,
+        annotations,
     )
 
 

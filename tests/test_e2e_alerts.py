@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import poll
+from dashboard_queries import assert_dashboards_show, assert_dashboards_show_no_alert
 
 from service.traffic import Scenario
 from stack.drill import SteadyTraffic, alert_title
@@ -50,6 +51,7 @@ def test_alerts_page_slack_for_outliers_and_drift_and_resolve(
         assert len(ratio) == 1 and float(ratio[0]["value"][1]) < 0.2, ratio
         assert stack.query('ALERTS{category="model_quality"}') == []
         assert slack_receiver.messages == []
+        assert_dashboards_show_no_alert(stack.query)
 
         # 2. 40% outliers: a Slack message names the alert and carries the current ratio.
         traffic.switch(Scenario("outliers", outlier_fraction=0.4))
@@ -58,6 +60,7 @@ def test_alerts_page_slack_for_outliers_and_drift_and_resolve(
         )
         assert re.search(r"\d+(\.\d+)?%", alert_text(fired)), alert_text(fired)
         assert "20%" in alert_text(fired)
+        assert_dashboards_show(stack.query, "ModelOutlierRatioHigh", "Outlier ratio over 2m")
 
         # 3. petal_length +10%: the drift alert fires for petal_length and for no other feature.
         traffic.switch(Scenario("drift", feature="petal_length", factor=1.1))
@@ -70,6 +73,9 @@ def test_alerts_page_slack_for_outliers_and_drift_and_resolve(
             a["metric"]["feature"] for a in stack.query('ALERTS{alertname="ModelInputFeatureMeanDrift"}')
         }
         assert drifting == {"petal_length"}
+        assert_dashboards_show(
+            stack.query, "ModelInputFeatureMeanDrift", "petal_length: mean vs training mean", "petal_length"
+        )
 
         # 4. Back to normal: the drift alert resolves and Slack is told.
         traffic.switch(Scenario("normal"))

@@ -10,6 +10,7 @@ import yaml
 from dashboard_queries import (
     REPO_ROOT,
     SUBSTITUTIONS,
+    annotations,
     dashboard_files,
     dashboard_queries,
     data_panels,
@@ -26,6 +27,13 @@ DESIGN = (REPO_ROOT / "docs" / "design.md").read_text(encoding="utf-8")
 RECORDING_RULES = REPO_ROOT / "prometheus" / "rules" / "recording_rules.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
 ALERT_RULES = REPO_ROOT / "prometheus" / "rules" / "alert_rules.yml"
+RULES_DIR = REPO_ROOT / "prometheus" / "rules"
+PROMETHEUS_EVALUATION_INTERVAL = "10s"
+GRAPH_TYPES = {"timeseries", "heatmap"}  # the panel types that draw annotations
+# Where each category's alerts are shaded (docs/design.md); any other category is infrastructure.
+DASHBOARD_BY_CATEGORY = {"service_health": "prediction-service", "model_quality": "model-monitoring"}
+INFRASTRUCTURE_DASHBOARD = "prediction-service"
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 
 # Panels that draw threshold lines, and the alerts whose thresholds they are.
 PANEL_ALERTS = {
@@ -260,13 +268,17 @@ def test_counters_and_buckets_appear_only_inside_rate_or_increase(expr):
             assert function in RANGE_FUNCTIONS, f"{series} outside rate()/increase() in {expr}"
 
 
+def queries_of(dashboard: dict) -> list[str]:
+    """Every annotation, panel target and variable query of one dashboard, variables unreplaced."""
+    queries = [annotation["target"]["expr"] for annotation in annotations(dashboard)]
+    queries += [target["expr"] for panel in data_panels(dashboard) for target in panel["targets"]]
+    return queries + [variable_query(variable) for variable in dashboard["templating"]["list"]]
+
+
 def test_every_variable_in_a_query_is_a_template_variable_of_its_dashboard():
     for dashboard in load_dashboards():
-        variables = dashboard["templating"]["list"]
-        defined = {variable["name"] for variable in variables}
-        queries = [target["expr"] for panel in data_panels(dashboard) for target in panel["targets"]]
-        queries += [variable_query(variable) for variable in variables]
-        for expr in queries:
+        defined = {variable["name"] for variable in dashboard["templating"]["list"]}
+        for expr in queries_of(dashboard):
             used = {a or b for a, b in VARIABLE_USE.findall(expr)}
             builtin = {name for name in used if name.startswith("__")}  # $__rate_interval and friends
             assert used - builtin <= defined, expr
@@ -280,10 +292,8 @@ def test_multi_value_and_all_variables_are_matched_as_regex():
             for variable in dashboard["templating"]["list"]
             if variable.get("multi") or variable.get("includeAll")
         ]
-        queries = [target["expr"] for panel in data_panels(dashboard) for target in panel["targets"]]
-        queries += [variable_query(variable) for variable in dashboard["templating"]["list"]]
         for name in regex_variables:
-            for expr in queries:
+            for expr in queries_of(dashboard):
                 for matcher in re.findall(r'\w+\s*(=~|!~|!=|=)\s*"[^"]*\$\{?' + name + r"\b", expr):
                     assert matcher in ("=~", "!~"), f"${name} needs a regex matcher in {expr}"
 
@@ -349,10 +359,7 @@ def test_every_feature_of_the_design_note_has_its_panels():
 
 def test_dashboard_queries_returns_every_target_and_variable_with_variables_substituted():
     dashboards = load_dashboards()
-    expected = sum(
-        len(dashboard["templating"]["list"]) + sum(len(panel["targets"]) for panel in data_panels(dashboard))
-        for dashboard in dashboards
-    )
+    expected = sum(len(queries_of(dashboard)) for dashboard in dashboards)
     queries = dashboard_queries()
     assert len(queries) == expected
     assert {uid for uid, _, _ in queries} == {dashboard["uid"] for dashboard in dashboards}
@@ -367,3 +374,155 @@ def test_dashboard_queries_returns_every_target_and_variable_with_variables_subs
         '{job="prediction-service", instance=~".*", handler=~"/predict.*"}[1m]))'
     ]
     assert SUBSTITUTIONS["instance"] == ".*"
+
+
+def alert_rules() -> list[dict]:
+    """Every alerting rule of every file in prometheus/rules/ (generated ones and other teams' included)."""
+    return [
+        rule
+        for path in sorted(RULES_DIR.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+
+
+def selects(expr: str, labels: dict[str, str]) -> bool:
+    """Whether the selector's matchers on the labels in `labels` hold (PromQL regexes are anchored);
+    matchers on other labels, which only the firing alert has (job, feature...), are not judged here."""
+    for name, operator, value in MATCHER.findall(expr):
+        if name not in labels:
+            continue
+        if operator == "=" and labels[name] != value or operator == "!=" and labels[name] == value:
+            return False
+        if operator in ("=~", "!~") and (re.fullmatch(value, labels[name]) is None) == (operator == "=~"):
+            return False
+    return True
+
+
+def graph_panels(dashboard: dict) -> list[dict]:
+    return [panel for panel in data_panels(dashboard) if panel["type"] in GRAPH_TYPES]
+
+
+def annotations_by_panel(dashboard: dict) -> dict[str, list[dict]]:
+    """Panel title → the annotations Grafana draws on it."""
+    titles = {panel["id"]: panel["title"] for panel in data_panels(dashboard)}
+    drawn: dict[str, list[dict]] = {}
+    for annotation in annotations(dashboard):
+        for panel_id in annotation["filter"]["ids"]:
+            drawn.setdefault(titles[panel_id], []).append(annotation)
+    return drawn
+
+
+def test_annotations_shade_firing_alerts_chosen_by_label_from_the_provisioned_datasource():
+    uid = provisioned_datasource()["uid"]
+    for dashboard in load_dashboards():
+        assert annotations(dashboard), dashboard["uid"]
+        for annotation in annotations(dashboard):
+            expr = annotation["target"]["expr"]
+            assert annotation["datasource"] == {"type": "prometheus", "uid": uid}
+            assert annotation["enable"] is True and annotation["hide"] is False
+            assert re.fullmatch(r"ALERTS\{[^{}]*\}", expr), expr
+            assert 'alertstate="firing"' in expr
+            assert "alertname" not in expr, f"{annotation['name']}: choose alerts by label, not by name"
+            assert annotation["target"]["interval"] == PROMETHEUS_EVALUATION_INTERVAL
+            assert annotation["useValueForTime"] is False  # ALERTS is 1 while firing: shade the samples
+            assert annotation["titleFormat"] == "{{alertname}}"
+
+
+def test_annotation_names_are_unique_and_their_panels_exist_and_draw_annotations():
+    for dashboard in load_dashboards():
+        names = [annotation["name"] for annotation in annotations(dashboard)]
+        assert len(set(names)) == len(names)
+        graphs = {panel["id"] for panel in graph_panels(dashboard)}
+        for annotation in annotations(dashboard):
+            assert annotation["filter"]["exclude"] is False
+            ids = annotation["filter"]["ids"]
+            assert ids and set(ids) <= graphs and len(set(ids)) == len(ids), annotation["name"]
+
+
+def test_annotation_text_uses_only_labels_every_selected_alert_has():
+    """Grafana prints the label's name where a label is missing: only labels the query pins or that every
+    alert carries (alertname, severity; job and model_version where the query matches on them)."""
+    for dashboard in load_dashboards():
+        for annotation in annotations(dashboard):
+            pinned = {
+                name
+                for name, operator, value in MATCHER.findall(annotation["target"]["expr"])
+                if operator in ("=", "=~") and value
+            }
+            used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", annotation["textFormat"]))
+            assert used <= {"alertname", "severity"} | pinned, annotation["name"]
+
+
+def test_every_graph_of_the_dashboards_shows_the_alerts_of_its_numbers():
+    for dashboard in load_dashboards():
+        drawn = annotations_by_panel(dashboard)
+        for panel in graph_panels(dashboard):
+            assert drawn.get(panel["title"]), f"{dashboard['uid']}/{panel['title']} shows no alert"
+
+
+def test_alerts_of_a_job_follow_the_job_and_model_version_variables():
+    for dashboard in load_dashboards():
+        for annotation in annotations(dashboard):
+            expr = annotation["target"]["expr"]
+            if 'category="service_health"' in expr or 'category="model_quality"' in expr:
+                assert 'job="$job"' in expr, annotation["name"]
+            if 'category="model_quality"' in expr:
+                assert 'model_version=~"$model_version"' in expr, annotation["name"]
+
+
+def test_drift_alerts_shade_their_feature_s_panels_only():
+    (dashboard,) = [item for item in load_dashboards() if item["uid"] == "model-monitoring"]
+    drawn = annotations_by_panel(dashboard)
+    for feature in design_features():
+        for panel in graph_panels(dashboard):
+            if panel["title"].startswith(f"{feature}: "):
+                features = {
+                    value
+                    for annotation in drawn[panel["title"]]
+                    for name, _, value in MATCHER.findall(annotation["target"]["expr"])
+                    if name == "feature"
+                }
+                assert features == {feature}, panel["title"]
+    every_feature = {
+        value
+        for annotation in drawn["Feature mean deviation from training"]
+        for name, _, value in MATCHER.findall(annotation["target"]["expr"])
+        if name == "feature"
+    }
+    assert every_feature == set(design_features())
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
+def test_every_alert_rule_is_shaded_on_the_dashboard_of_its_category(rule):
+    labels = {"alertname": rule["alert"], "alertstate": "firing", **rule.get("labels", {})}
+    category = labels.get("category", "")
+    expected = DASHBOARD_BY_CATEGORY.get(category, INFRASTRUCTURE_DASHBOARD)
+    dashboard_url = rule.get("annotations", {}).get("dashboard_url", "")
+    if dashboard_url:
+        assert f"/d/{expected}/" in dashboard_url, f"{rule['alert']} links to another dashboard"
+    (dashboard,) = [item for item in load_dashboards() if item["uid"] == expected]
+    shading = [item["name"] for item in annotations(dashboard) if selects(item["target"]["expr"], labels)]
+    assert shading, f"no annotation of {expected} shows {rule['alert']} ({category=})"
+
+
+def test_firing_alerts_table_on_both_dashboards_lists_the_job_s_alerts_and_every_infrastructure_alert():
+    for dashboard in load_dashboards():
+        (table,) = [panel for panel in data_panels(dashboard) if panel["title"] == "Firing alerts"]
+        (query,) = table["targets"]
+        assert table["type"] == "table" and query["instant"] is True and query["format"] == "table"
+        assert 'job=~"$job|"' in query["expr"] and 'model_version=~"$model_version|"' in query["expr"]
+        assert 'category!~"model_quality|service_health"' in query["expr"]
+        assert query["expr"].count('alertstate="firing"') == 2
+        assert table["fieldConfig"]["defaults"]["unit"] == "dateTimeAsIso"  # ALERTS_FOR_STATE in ms
+        assert dashboard["panels"][1] == table  # first under the Alerts row
+
+
+def test_infrastructure_alerts_are_every_category_without_an_annotation_of_its_own():
+    own = "|".join(sorted(DASHBOARD_BY_CATEGORY))
+    for dashboard in load_dashboards():
+        for annotation in annotations(dashboard):
+            for name, operator, value in MATCHER.findall(annotation["target"]["expr"]):
+                if name == "category" and operator == "!~":
+                    assert value == own
