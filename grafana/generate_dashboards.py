@@ -295,6 +295,8 @@ def alert_annotation(
         "target": {
             "expr": selector("ALERTS", FIRING, *matchers),
             "interval": EVALUATION_INTERVAL,
+            "range": True,
+            "instant": False,
             "refId": "Anno",
         },
         "titleFormat": "{{alertname}}",
