@@ -1,0 +1,1 @@
+"""Bench: the model-quality alert simulation (python -m bench.alerts)."""
