@@ -35,7 +35,7 @@ class _Active:
 def firings(
     evaluations: Iterable[tuple[float, set[LabelSet]]], hold_seconds: float, keep_firing_for_seconds: float
 ) -> list[Firing]:
-    """Every firing, in the order they end, from (evaluation time, label sets in the result), in time order."""
+    """Every firing, in the order they end, from (evaluation time, label sets in the result) in time order."""
     active: dict[LabelSet, _Active] = {}
     done: list[Firing] = []
     for timestamp, present in evaluations:

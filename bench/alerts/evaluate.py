@@ -39,7 +39,9 @@ def _record_samples(rule: RecordingRule, prometheus: Prometheus, start: float, e
         labels = {k: v for k, v in result.labels.items() if k != "__name__"} | dict(rule.labels)
         timestamps, values = result.timestamps, result.values
         following = timestamps + rule.interval
-        missing_next = np.append(np.diff(timestamps) > 1.5 * rule.interval, timestamps[-1] + rule.interval <= end)
+        missing_next = np.append(
+            np.diff(timestamps) > 1.5 * rule.interval, timestamps[-1] + rule.interval <= end
+        )
         if missing_next.any():
             timestamps = np.concatenate([timestamps, following[missing_next]])
             values = np.concatenate([values, np.full(int(missing_next.sum()), np.nan)])
@@ -58,7 +60,7 @@ def backfill_records(
         written = 0
         with path.open("w") as out:
             for rule in level:
-                say(f"{rule_set.name}: level {index + 1}/{len(rule_set.levels)}: {rule.record} every {rule.interval:g}s")
+                say(f"level {index + 1}/{len(rule_set.levels)}: {rule.record} every {rule.interval:g}s")
                 written += _record_samples(rule, prometheus, start, end, out)
             out.write("# EOF\n")
         if written:
@@ -81,7 +83,7 @@ def alert_firings(
 ) -> list[AlertFiring]:
     found: list[AlertFiring] = []
     for rule in rule_set.alerts:
-        say(f"{rule_set.name}: alert {rule.alert} every {rule.interval:g}s")
+        say(f"{rule.alert} every {rule.interval:g}s")
         first = grid_start(start, rule.interval, ALERT_OFFSET_SECONDS)
         steps = int((end - first) // rule.interval) + 1
         present: dict[int, set] = {}

@@ -15,7 +15,7 @@ inhibitor and notification log.
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -45,7 +45,7 @@ class Matcher:
     def parse(cls, text: str) -> "Matcher":
         match = MATCHER.match(text)
         if match is None:
-            raise ValueError(f"unsupported matcher {text!r} (expected name=\"value\" and the like)")
+            raise ValueError(f'unsupported matcher {text!r} (expected name="value" and the like)')
         return cls(*match.groups())
 
     def matches(self, labels: dict[str, str]) -> bool:
@@ -120,64 +120,71 @@ class Notification:
 
 @dataclass(slots=True)
 class _LogEntry:
-    firing: frozenset[int]
-    resolved: frozenset[int]
+    firing: frozenset[tuple]
+    resolved: frozenset[tuple]
     at: float
 
 
-@dataclass(slots=True)
-class _Group:
-    members: list[int] = field(default_factory=list)  # indices into the firings list
+class _Alerts:
+    """The firings of one receiver's alerts, by alert (label set): an alert that resolves and fires again
+    is the same alert to Alertmanager (same fingerprint)."""
 
+    def __init__(self, firings: list[Firing]) -> None:
+        self.intervals: dict[tuple, list[tuple[float, float | None]]] = {}
+        for firing in firings:
+            self.intervals.setdefault(tuple(sorted(dict(firing.labels).items())), []).append(
+                (firing.fired_at, firing.resolved_at)
+            )
+        self.labels = {key: dict(key) for key in self.intervals}
 
-def _is_firing(firing: Firing, at: float) -> bool:
-    return firing.fired_at <= at and (firing.resolved_at is None or at < firing.resolved_at)
+    def firing(self, key: tuple, at: float) -> bool:
+        return any(start <= at and (end is None or at < end) for start, end in self.intervals[key])
 
-
-def notifications(firings: list[Firing], route: Route, until: float) -> list[Notification]:
-    """Every notification sent until `until`, in time order. Firing labels must be dicts (or pairs)."""
-    labels = [dict(f.labels) for f in firings]
-
-    def inhibited(index: int, at: float) -> bool:
-        for rule in route.inhibit_rules:
-            if not all(m.matches(labels[index]) for m in rule.target):
+    def inhibited(self, key: tuple, at: float, rules: tuple[InhibitRule, ...]) -> bool:
+        target = self.labels[key]
+        for rule in rules:
+            if not all(m.matches(target) for m in rule.target):
                 continue
-            for other, firing in enumerate(firings):
+            for other, labels in self.labels.items():
                 if (
-                    other != index
-                    and _is_firing(firing, at)
-                    and all(m.matches(labels[other]) for m in rule.source)
-                    and all(labels[other].get(name, "") == labels[index].get(name, "") for name in rule.equal)
+                    other != key
+                    and all(m.matches(labels) for m in rule.source)
+                    and all(labels.get(name, "") == target.get(name, "") for name in rule.equal)
+                    and self.firing(other, at)
                 ):
                     return True
         return False
 
-    by_group: dict[tuple[str, ...], list[int]] = {}
-    for index in sorted(range(len(firings)), key=lambda i: firings[i].fired_at):
-        key = tuple(labels[index].get(name, "") for name in route.group_by)
-        by_group.setdefault(key, []).append(index)
+
+def notifications(firings: list[Firing], route: Route, until: float) -> list[Notification]:
+    """Every notification sent until `until`, in time order."""
+    alerts = _Alerts(firings)
+    starts_by_group: dict[tuple[str, ...], list[tuple[float, tuple]]] = {}
+    for key, intervals in alerts.intervals.items():
+        group = tuple(alerts.labels[key].get(name, "") for name in route.group_by)
+        starts_by_group.setdefault(group, []).extend((start, key) for start, _ in intervals)
 
     sent: list[Notification] = []
-    for key, members in by_group.items():
+    for group, starts in starts_by_group.items():
+        starts.sort()
         log: _LogEntry | None = None
-        pending = list(members)  # firings not yet in a group, by fired_at
-        while pending:
-            created = firings[pending[0]].fired_at
-            flush = created + route.group_wait
-            group: list[int] = []
+        next_start = 0  # firings not yet in an aggregation group
+        while next_start < len(starts):
+            flush = starts[next_start][0] + route.group_wait  # a new aggregation group
+            members: set[tuple] = set()
             while flush <= until:
-                while pending and firings[pending[0]].fired_at <= flush:
-                    group.append(pending.pop(0))
-                shown = [i for i in group if not inhibited(i, flush)]
-                firing = frozenset(i for i in shown if _is_firing(firings[i], flush))
-                resolved = frozenset(i for i in shown if not _is_firing(firings[i], flush))
+                while next_start < len(starts) and starts[next_start][0] <= flush:
+                    members.add(starts[next_start][1])
+                    next_start += 1
+                shown = {key for key in members if not alerts.inhibited(key, flush, route.inhibit_rules)}
+                firing = frozenset(key for key in shown if alerts.firing(key, flush))
+                resolved = frozenset(shown - firing)
                 if _needs_update(log, firing, resolved, route, flush):
-                    sent.append(Notification(flush, key, len(firing), len(resolved)))
+                    sent.append(Notification(flush, group, len(firing), len(resolved)))
                     log = _LogEntry(firing, resolved, flush)
-                # resolved alerts leave the group once flushed
-                group = [i for i in group if _is_firing(firings[i], flush)]
-                if not group:
-                    break
+                members = {key for key in members if alerts.firing(key, flush)}  # resolved ones leave
+                if not members:
+                    break  # the empty group is deleted; a later firing starts a new one
                 flush += route.group_interval
             else:
                 break  # the simulated time ended with the group still open
@@ -185,7 +192,7 @@ def notifications(firings: list[Firing], route: Route, until: float) -> list[Not
 
 
 def _needs_update(
-    log: _LogEntry | None, firing: frozenset[int], resolved: frozenset[int], route: Route, now: float
+    log: _LogEntry | None, firing: frozenset[tuple], resolved: frozenset[tuple], route: Route, now: float
 ) -> bool:
     if log is None:
         return bool(firing)

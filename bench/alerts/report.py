@@ -24,7 +24,9 @@ class CaseResult:
         return per_hour(self.notifications, 0.0, self.case.end_seconds)
 
 
-def case_results(cases: list[Case], found: list[AlertFiring], route: Route, start: float) -> dict[str, CaseResult]:
+def case_results(
+    cases: list[Case], found: list[AlertFiring], route: Route, start: float
+) -> dict[str, CaseResult]:
     """Times relative to `start` (the simulated time zero)."""
     by_job: dict[str, list[AlertFiring]] = {}
     for item in found:
@@ -84,7 +86,9 @@ class Target:
 
 
 def _drift(factor: float, rate: Callable[[float], bool]) -> Callable[[Case], bool]:
-    return lambda case: case.traffic.kind == "drift" and case.traffic.key.endswith(f"_x{factor:g}") and rate(case.rate)
+    return lambda case: (
+        case.traffic.kind == "drift" and case.traffic.key.endswith(f"_x{factor:g}") and rate(case.rate)
+    )
 
 
 def _kind(kind: str, key_part: str, rate: Callable[[float], bool]) -> Callable[[Case], bool]:
@@ -100,23 +104,69 @@ def _max_per_hour(result: CaseResult) -> float | None:
 
 
 TARGETS = (
-    Target("normal traffic, every rate: 0 model-quality alerts", lambda c: c.traffic.kind == "normal",
-           lambda r: float(r.alerts_fired), 0, "alerts"),
-    Target("one feature +8%, ≥ 20 requests/s: fires within 3 minutes", _drift(1.08, lambda r: r >= 20),
-           _to_target, 180, "s"),
-    Target("one feature +8%, 1 request/s: fires within 1 hour", _drift(1.08, lambda r: r == 1), _to_target, 3600, "s"),
-    Target("one feature +20%, 0.2 requests/s: fires within 2 hours", _drift(1.2, lambda r: r == 0.2),
-           _to_target, 7200, "s"),
-    Target("40% outliers, 1 request/s: within 10 minutes", _kind("outliers", "0.4", lambda r: r == 1),
-           _to_target, 600, "s"),
-    Target("40% outliers, ≥ 20 requests/s: within 90 seconds", _kind("outliers", "0.4", lambda r: r >= 20),
-           _to_target, 90, "s"),
-    Target("steady 21% outliers, 20 requests/s: at most 2 notifications an hour", _kind("steady", "", lambda r: True),
-           _max_per_hour, 2, "notifications/h"),
-    Target("spread ×1.5, mean kept, 5 requests/s: distribution alert within 15 minutes",
-           _kind("spread", "", lambda r: r == 5), _to_target, 900, "s"),
-    Target("one class at 80%, 5 requests/s: class-share alert within 15 minutes", _kind("skew", "", lambda r: r == 5),
-           _to_target, 900, "s"),
+    Target(
+        "normal traffic, every rate: 0 model-quality alerts",
+        lambda c: c.traffic.kind == "normal",
+        lambda r: float(r.alerts_fired),
+        0,
+        "alerts",
+    ),
+    Target(
+        "one feature +8%, ≥ 20 requests/s: fires within 3 minutes",
+        _drift(1.08, lambda r: r >= 20),
+        _to_target,
+        180,
+        "s",
+    ),
+    Target(
+        "one feature +8%, 1 request/s: fires within 1 hour",
+        _drift(1.08, lambda r: r == 1),
+        _to_target,
+        3600,
+        "s",
+    ),
+    Target(
+        "one feature +20%, 0.2 requests/s: fires within 2 hours",
+        _drift(1.2, lambda r: r == 0.2),
+        _to_target,
+        7200,
+        "s",
+    ),
+    Target(
+        "40% outliers, 1 request/s: within 10 minutes",
+        _kind("outliers", "0.4", lambda r: r == 1),
+        _to_target,
+        600,
+        "s",
+    ),
+    Target(
+        "40% outliers, ≥ 20 requests/s: within 90 seconds",
+        _kind("outliers", "0.4", lambda r: r >= 20),
+        _to_target,
+        90,
+        "s",
+    ),
+    Target(
+        "steady 21% outliers, 20 requests/s: at most 2 notifications an hour",
+        _kind("steady", "", lambda r: True),
+        _max_per_hour,
+        2,
+        "notifications/h",
+    ),
+    Target(
+        "spread ×1.5, mean kept, 5 requests/s: distribution alert within 15 minutes",
+        _kind("spread", "", lambda r: r == 5),
+        _to_target,
+        900,
+        "s",
+    ),
+    Target(
+        "one class at 80%, 5 requests/s: class-share alert within 15 minutes",
+        _kind("skew", "", lambda r: r == 5),
+        _to_target,
+        900,
+        "s",
+    ),
 )
 
 
@@ -183,7 +233,9 @@ def build_tables(
             continue
         old_text = "–" if old is None else target.show(old[0])
         verdict = "PASS" if new[1] else "FAIL"
-        lines.append(f"| {target.text} | {old_text} | {target.show(new[0])} (worst of {new[2]}) | {verdict} |")
+        lines.append(
+            f"| {target.text} | {old_text} | {target.show(new[0])} (worst of {new[2]}) | {verdict} |"
+        )
     return "\n".join(lines)
 
 

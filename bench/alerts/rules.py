@@ -103,7 +103,9 @@ def load_rule_set(name: str, directory: Path, default_interval: float) -> RuleSe
     return RuleSet(name, directory, _levels(records, [a.expr for a in alerts]), tuple(alerts))
 
 
-def _levels(records: dict[str, list[RecordingRule]], alert_exprs: list[str]) -> tuple[tuple[RecordingRule, ...], ...]:
+def _levels(
+    records: dict[str, list[RecordingRule]], alert_exprs: list[str]
+) -> tuple[tuple[RecordingRule, ...], ...]:
     """The recording rules the alerts need, directly or through other records, in dependency levels."""
     needed: set[str] = set()
     todo = [name for expr in alert_exprs for name in identifiers(expr) if name in records]
@@ -117,7 +119,9 @@ def _levels(records: dict[str, list[RecordingRule]], alert_exprs: list[str]) -> 
 
     def level(name: str, seen: tuple[str, ...] = ()) -> int:
         if name in seen:
-            raise ValueError(f"recording rules depend on each other in a cycle: {' -> '.join(seen + (name,))}")
+            raise ValueError(
+                f"recording rules depend on each other in a cycle: {' -> '.join(seen + (name,))}"
+            )
         if name not in level_of:
             deps = {d for rule in records[name] for d in identifiers(rule.expr) if d in records and d != name}
             level_of[name] = 1 + max((level(d, seen + (name,)) for d in deps), default=-1)

@@ -8,8 +8,9 @@ contribution to every series (its "row vector"; counters and histograms only eve
 first scrape plus the row vectors of every request so far). A simulated interval with n requests (Poisson
 per scrape interval) adds n row vectors drawn uniformly from the pool: digit by digit, as sums of 1, 10,
 100, ... random rows (pre-summed tables of 10^k random rows), so the work per interval is at most 9 picks per
-digit. Two checks against the registry itself guard the shortcut: the values read after the last row equal
-`registry.collect()`, and recording the whole pool in one `record` call (the batch path) gives the same totals.
+digit. Two checks against the registry itself guard the shortcut: the values read after the last row
+equal `registry.collect()`, and recording the whole pool in one `record` call (the batch path) gives the
+same totals.
 """
 
 from collections.abc import Iterator
@@ -91,7 +92,9 @@ class _Reader:
 
 def _collected(registry: CollectorRegistry, series: list[Series]) -> np.ndarray:
     by_key = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for family in registry.collect() for s in family.samples
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
     }
     return np.array([by_key[(s.name, tuple(sorted(s.labels)))] for s in series])
 
@@ -130,7 +133,9 @@ def build_pool(model: Model, rows: np.ndarray, wanted: set[str]) -> Pool:
     first = np.array(reader.read())
     snapshots = np.empty((len(rows), len(first)))
     for index in range(len(rows)):
-        model_metrics.record(rows[index : index + 1], _predictions_slice(predictions, slice(index, index + 1)))
+        model_metrics.record(
+            rows[index : index + 1], _predictions_slice(predictions, slice(index, index + 1))
+        )
         snapshots[index] = reader.read()
     collected = _collected(metrics.registry, reader.series)
     if not np.allclose(snapshots[-1], collected, rtol=1e-9, atol=1e-9):

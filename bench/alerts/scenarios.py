@@ -80,21 +80,42 @@ def traffics() -> list[Traffic]:
         for factor in DRIFT_FACTORS:
             percent = round((factor - 1) * 100)
             scenario = _scenario(name="drift", feature=feature, factor=factor)
-            kinds.append(Traffic(f"drift_{feature}_x{factor:g}", f"{feature} +{percent}%", "drift", scenario, both_drifts))
+            kinds.append(
+                Traffic(
+                    f"drift_{feature}_x{factor:g}", f"{feature} +{percent}%", "drift", scenario, both_drifts
+                )
+            )
     for feature in FEATURES:
         scenario = _scenario(name="spread", feature=feature, factor=SPREAD_FACTOR)
         title = f"{feature} spread ×{SPREAD_FACTOR:g}, mean kept"
-        kinds.append(Traffic(f"spread_{feature}_x{SPREAD_FACTOR:g}", title, "spread", scenario, frozenset({DISTRIBUTION_DRIFT})))
+        kinds.append(
+            Traffic(
+                f"spread_{feature}_x{SPREAD_FACTOR:g}",
+                title,
+                "spread",
+                scenario,
+                frozenset({DISTRIBUTION_DRIFT}),
+            )
+        )
     for fraction in OUTLIER_FRACTIONS:
         scenario = _scenario(name="outliers", outlier_fraction=fraction)
         title = f"{fraction:.0%} outliers"
-        kinds.append(Traffic(f"outliers_{fraction:g}", title, "outliers", scenario, frozenset({OUTLIER_RATIO})))
+        kinds.append(
+            Traffic(f"outliers_{fraction:g}", title, "outliers", scenario, frozenset({OUTLIER_RATIO}))
+        )
     kinds.append(
-        Traffic("steady_outliers_0.21", f"steady {STEADY_OUTLIER_SHARE:.0%} outliers, from the start", "steady", None)
+        Traffic(
+            "steady_outliers_0.21",
+            f"steady {STEADY_OUTLIER_SHARE:.0%} outliers, from the start",
+            "steady",
+            None,
+        )
     )
     scenario = _scenario(name="class-share", label=SKEWED_LABEL, share=SKEWED_SHARE)
     title = f"{SKEWED_LABEL} {SKEWED_SHARE:.0%} of the traffic"
-    kinds.append(Traffic(f"class_{SKEWED_LABEL}_{SKEWED_SHARE:g}", title, "skew", scenario, frozenset({CLASS_SHARE})))
+    kinds.append(
+        Traffic(f"class_{SKEWED_LABEL}_{SKEWED_SHARE:g}", title, "skew", scenario, frozenset({CLASS_SHARE}))
+    )
     return kinds
 
 
@@ -140,7 +161,9 @@ def steady_outlier_rows(model: Model, model_dir: Path, seed: int, count: int) ->
     normal = scenario_rows(model_dir, traffic.Scenario("normal"), seed, count)
     flagged = int(model.predict(normal.astype(np.float32)).is_outlier.sum())
     extra = 2 * round((STEADY_OUTLIER_SHARE * count - flagged) / (1 - STEADY_OUTLIER_SHARE) / 2)
-    outliers = scenario_rows(model_dir, traffic.Scenario("outliers", outlier_fraction=1.0), seed + 1, max(extra, 0))
+    outliers = scenario_rows(
+        model_dir, traffic.Scenario("outliers", outlier_fraction=1.0), seed + 1, max(extra, 0)
+    )
     if len(outliers) and not model.predict(outliers.astype(np.float32)).is_outlier.all():
         raise AssertionError("an outlier row of service.traffic is not flagged by the detector")
     return np.vstack([normal, outliers])

@@ -36,7 +36,11 @@ def write_series(out: TextIO, series: str, timestamps: np.ndarray, values: np.nd
     """One series' samples, in time order (timestamps in seconds)."""
     stamps = [f"{t:.3f}".rstrip("0").rstrip(".") for t in timestamps.tolist()]
     prefix = series + " "
-    out.write("".join([f"{prefix}{value!r} {stamp}\n" for value, stamp in zip(values.tolist(), stamps, strict=True)]))
+    out.write(
+        "".join(
+            [f"{prefix}{value!r} {stamp}\n" for value, stamp in zip(values.tolist(), stamps, strict=True)]
+        )
+    )
 
 
 def create_blocks(openmetrics: Path, output_dir: Path) -> list[Path]:
@@ -58,7 +62,9 @@ def create_blocks(openmetrics: Path, output_dir: Path) -> list[Path]:
         text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"promtool create-blocks-from openmetrics {openmetrics} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"promtool create-blocks-from openmetrics {openmetrics} failed:\n{result.stderr[-3000:]}"
+        )
     return sorted(set(output_dir.iterdir()) - before)
 
 
