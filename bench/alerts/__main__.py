@@ -140,9 +140,6 @@ def describe(started: datetime, wall: float, cpu: float, clock: Clock, simulatio
     for name, result in simulation.results.items():
         fired, hours = warm_up_false_alarms(result)
         lines.append(f"{name}: {fired} alerts in {hours:.0f} hours of normal traffic in the warm-ups.")
-    if simulation.skipped:
-        titles = sorted({case.traffic.title for case in simulation.skipped})
-        lines.append("Not simulated (no such scenario in service.traffic yet): " + ", ".join(titles) + ".")
     lines.append(
         "Cells: rules before #10 → current rules. Time from the change to the first model-quality alert "
         "firing (O outlier ratio, M feature mean, D feature distribution, C class share); for normal traffic "

@@ -9,10 +9,10 @@ evaluation at least `keep_firing_for` after the first evaluation it was missing 
 again before that clears the keep-firing clock.
 """
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-LabelSet = Hashable  # an alert instance is identified by its label set (a sorted tuple of pairs here)
+LabelSet = tuple[tuple[str, str], ...]  # an alert instance is identified by its label set (sorted pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,12 +217,12 @@ def build_tables(
         by_rate = {case.rate: case for case in group}
         cells = []
         for rate in rates:
-            case = by_rate.get(rate)
-            if case is None:
+            at_rate = by_rate.get(rate)
+            if at_rate is None:
                 cells.append("")
                 continue
-            old, new = before.get(case.job), current.get(case.job)
-            cells.append(f"{_cell(old)} → {_cell(new)}{_mark(new)}")
+            old_result, new_result = before.get(at_rate.job), current.get(at_rate.job)
+            cells.append(f"{_cell(old_result)} → {_cell(new_result)}{_mark(new_result)}")
         lines.append(f"| {traffic.title} | " + " | ".join(cells) + " |")
 
     lines += ["", "| target | before #10 | current rules | |", "|---|---|---|---|"]

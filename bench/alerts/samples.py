@@ -15,6 +15,7 @@ same totals.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -37,57 +38,55 @@ class Series:
 
 
 class _Reader:
-    """Reads the values of the chosen series straight from a registry's children, in `series` order."""
+    """Reads the chosen series' values straight from a registry's children (prometheus-client's own value
+    objects; histogram buckets summed up as the exposition does), in `series` order."""
 
     def __init__(self, metrics: ServiceMetrics, wanted: set[str]) -> None:
-        self.series: list[Series] = []
-        self._parts: list[tuple[str, object, object]] = []
         registry = metrics.registry
-        by_name = {}
-        for family in registry.collect():
-            for sample in family.samples:
-                if sample.name in wanted:
-                    by_name.setdefault(family.name, family.type)
-        for collector in {id(c): c for c in registry._names_to_collectors.values()}.values():
-            name = getattr(collector, "_name", None)
-            kind = by_name.get(name)
+        kinds = {
+            family.name: family.type
+            for family in registry.collect()
+            if any(sample.name in wanted for sample in family.samples)
+        }
+        every: list[Series] = []
+        # per child: its value objects (a histogram's buckets, non-cumulative) and a histogram's sum
+        self._parts: list[tuple[list[Any], Any]] = []
+        collectors: dict[int, Any] = {id(c): c for c in registry._names_to_collectors.values()}
+        for collector in collectors.values():
+            name = getattr(collector, "_name", "")
+            kind = kinds.get(name)
             if kind is None:
                 continue
             for label_values, child in sorted(collector._metrics.items()):
                 base = tuple(zip(collector._labelnames, label_values, strict=True))
-                if kind == "counter":
-                    self._add(Series(f"{name}_total", base, False), ("value", child._value, None))
-                elif kind == "gauge":
-                    self._add(Series(name, base, True), ("value", child._value, None))
+                if kind in ("counter", "gauge"):
+                    sample_name = f"{name}_total" if kind == "counter" else name
+                    every.append(Series(sample_name, base, kind == "gauge"))
+                    self._parts.append(([child._value], None))
                 elif kind == "histogram":
-                    for bound in child._upper_bounds:
-                        le = ("le", floatToGoString(bound))
-                        self.series.append(Series(f"{name}_bucket", (*base, le), False))
-                    self.series.append(Series(f"{name}_count", base, False))
-                    self.series.append(Series(f"{name}_sum", base, False))
-                    self._parts.append(("histogram", child._buckets, child._sum))
+                    every += [
+                        Series(f"{name}_bucket", (*base, ("le", floatToGoString(bound))), False)
+                        for bound in child._upper_bounds
+                    ]
+                    every += [Series(f"{name}_count", base, False), Series(f"{name}_sum", base, False)]
+                    self._parts.append((child._buckets, child._sum))
                 else:
                     raise ValueError(f"metric {name}: type {kind} is not simulated")
-        self._wanted = np.array([s.name in wanted for s in self.series])
-        self.series = [s for s, keep in zip(self.series, self._wanted, strict=True) if keep]
-
-    def _add(self, series: Series, part: tuple[str, object, object]) -> None:
-        self.series.append(series)
-        self._parts.append(part)
+        self._keep = [one.name in wanted for one in every]
+        self.series = [one for one, keep in zip(every, self._keep, strict=True) if keep]
 
     def read(self) -> list[float]:
         values: list[float] = []
-        for kind, first, second in self._parts:
-            if kind == "value":
-                values.append(first.get())
-            else:
-                total = 0.0
-                for bucket in first:
-                    total += bucket.get()
-                    values.append(total)
-                values.append(total)
-                values.append(second.get())
-        return [v for v, keep in zip(values, self._wanted, strict=True) if keep]
+        for counts, total in self._parts:
+            if total is None:
+                values.append(counts[0].get())
+                continue
+            cumulative = 0.0
+            for bucket in counts:
+                cumulative += bucket.get()
+                values.append(cumulative)
+            values += [cumulative, total.get()]
+        return [value for value, keep in zip(values, self._keep, strict=True) if keep]
 
 
 def _collected(registry: CollectorRegistry, series: list[Series]) -> np.ndarray:

@@ -41,7 +41,7 @@ class Traffic:
     key: str
     title: str
     kind: str
-    scenario: traffic.Scenario | None  # None: composed here (steady) or not available in service.traffic
+    scenario: traffic.Scenario | None  # None: the steady share, composed here (steady_outlier_rows)
     target_alerts: frozenset[str] = frozenset()
 
 
@@ -65,28 +65,20 @@ class Case:
         return zlib.crc32(self.job.encode())
 
 
-def _scenario(**fields: object) -> traffic.Scenario | None:
-    """A Scenario of service.traffic, or None if this version of it does not know the kind yet."""
-    known = getattr(traffic, "SCENARIOS", ("normal", "outliers", "drift"))
-    if fields["name"] not in known:
-        return None
-    return traffic.Scenario(**fields)
-
-
 def traffics() -> list[Traffic]:
     both_drifts = frozenset({MEAN_DRIFT, DISTRIBUTION_DRIFT})
     kinds = [Traffic("normal", "normal", "normal", traffic.Scenario("normal"))]
     for feature in FEATURES:
         for factor in DRIFT_FACTORS:
             percent = round((factor - 1) * 100)
-            scenario = _scenario(name="drift", feature=feature, factor=factor)
+            scenario = traffic.Scenario(name="drift", feature=feature, factor=factor)
             kinds.append(
                 Traffic(
                     f"drift_{feature}_x{factor:g}", f"{feature} +{percent}%", "drift", scenario, both_drifts
                 )
             )
     for feature in FEATURES:
-        scenario = _scenario(name="spread", feature=feature, factor=SPREAD_FACTOR)
+        scenario = traffic.Scenario(name="spread", feature=feature, factor=SPREAD_FACTOR)
         title = f"{feature} spread ×{SPREAD_FACTOR:g}, mean kept"
         kinds.append(
             Traffic(
@@ -98,7 +90,7 @@ def traffics() -> list[Traffic]:
             )
         )
     for fraction in OUTLIER_FRACTIONS:
-        scenario = _scenario(name="outliers", outlier_fraction=fraction)
+        scenario = traffic.Scenario(name="outliers", outlier_fraction=fraction)
         title = f"{fraction:.0%} outliers"
         kinds.append(
             Traffic(f"outliers_{fraction:g}", title, "outliers", scenario, frozenset({OUTLIER_RATIO}))
@@ -111,7 +103,7 @@ def traffics() -> list[Traffic]:
             None,
         )
     )
-    scenario = _scenario(name="class-share", label=SKEWED_LABEL, share=SKEWED_SHARE)
+    scenario = traffic.Scenario(name="class-share", label=SKEWED_LABEL, share=SKEWED_SHARE)
     title = f"{SKEWED_LABEL} {SKEWED_SHARE:.0%} of the traffic"
     kinds.append(
         Traffic(f"class_{SKEWED_LABEL}_{SKEWED_SHARE:g}", title, "skew", scenario, frozenset({CLASS_SHARE}))
@@ -145,14 +137,7 @@ def cases(durations: Durations, rates: tuple[float, ...]) -> list[Case]:
 
 def scenario_rows(model_dir: Path, scenario: traffic.Scenario, seed: int, count: int) -> np.ndarray:
     """`count` rows of `scenario` from service.traffic's RowSource."""
-    if hasattr(traffic, "load_training_data"):
-        source = traffic.RowSource(traffic.load_training_data(model_dir), scenario, seed)
-    else:
-        rows, names = traffic.load_training_rows(model_dir)
-        source = traffic.RowSource(rows, names, scenario, seed)
-    if hasattr(source, "rows"):
-        return np.asarray(source.rows(count), dtype=np.float64)
-    return np.array([source.next_row() for _ in range(count)])
+    return traffic.RowSource(traffic.load_training_data(model_dir), scenario, seed).rows(count)
 
 
 def steady_outlier_rows(model: Model, model_dir: Path, seed: int, count: int) -> np.ndarray:

@@ -66,7 +66,6 @@ class Clock:
 class Simulation:
     results: dict[str, dict[str, CaseResult]]  # by rule set name, then job
     cases: list[scenarios.Case]
-    skipped: list[scenarios.Case]  # traffic that service.traffic cannot make yet
     pools: dict[str, Pool]
     samples: int
 
@@ -77,10 +76,8 @@ def build_pools(
     pools: dict[str, Pool] = {}
     needed = {"normal": scenarios.traffics()[0]} | {case.traffic.key: case.traffic for case in cases}
     for key, kind in needed.items():
-        if kind.kind != "steady" and kind.scenario is None:
-            continue
         seed = scenarios.Case(kind, 0.0, 0.0, 0.0).seed
-        if kind.kind == "steady":
+        if kind.scenario is None:
             rows = scenarios.steady_outlier_rows(model, model_dir, seed, scenarios.POOL_ROWS)
         else:
             count = scenarios.NORMAL_POOL_ROWS if kind.kind == "normal" else scenarios.POOL_ROWS
@@ -145,8 +142,6 @@ def simulate(
     clock.phase("pools")
     model = Model(model_dir)
     pools = build_pools(cases, model, model_dir, wanted, clock)
-    skipped = [case for case in cases if case.traffic.key not in pools]
-    cases = [case for case in cases if case.traffic.key in pools]
     clock.phase("samples")
     raw = work / "samples.om"
     samples = write_samples(cases, pools, raw, clock)
@@ -159,4 +154,4 @@ def simulate(
     for rule_set in rule_sets:
         found = _evaluate(rule_set, work / "blocks", work, end, clock)
         results[rule_set.name] = case_results(cases, found, route, START)
-    return Simulation(results, cases, skipped, pools, samples)
+    return Simulation(results, cases, pools, samples)
