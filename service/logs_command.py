@@ -36,19 +36,29 @@ def duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+RELATIVE_TIME = re.compile(r"(?P<time>.+[0-9Z])(?P<sign>[-+])(?P<duration>(?:\d+(?:\.\d+)?[smhd])+)")
+
+
 def point_in_time(text: str) -> datetime:
-    """An ISO 8601 time (no zone: UTC), or a duration before now (`15m`: 15 minutes ago)."""
+    """An ISO 8601 time (no zone: UTC); a duration before now (`15m`: 15 minutes ago); or a time plus or
+    minus a duration (`2026-01-01T12:00:00Z-10m`: 11:50), as the Slack messages of the alerts write it."""
     try:
         return datetime.now(UTC) - duration(text)
     except argparse.ArgumentTypeError:
         pass
+    relative = RELATIVE_TIME.fullmatch(text)
+    offset = timedelta(0)
+    if relative is not None:
+        text = relative["time"]
+        offset = duration(relative["duration"]) * (-1 if relative["sign"] == "-" else 1)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not a time like 2026-01-01T12:00:00Z or a duration before now like 15m: {text!r}"
+            f"not a time like 2026-01-01T12:00:00Z, a duration before now like 15m, or a time and a "
+            f"duration like 2026-01-01T12:00:00Z-10m: {text!r}"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)) + offset
 
 
 # -- output ----------------------------------------------------------------------------------------------
