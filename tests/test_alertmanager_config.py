@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -374,6 +375,66 @@ def test_fallback_is_title_and_summaries(tmp_path: Path) -> None:
         "[FIRING:1] ModelInputFeatureMeanDrift (prediction-service): "
         "Input feature petal_length drifted from its training mean"
     )
+
+
+def log_commands(text: str) -> list[str]:
+    return re.findall(r"`(\.venv/bin/python -m service logs [^`]+)`", text)
+
+
+def test_model_quality_alert_gives_the_log_commands_for_its_window_and_version(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert()), tmp_path)
+    assert "*Log lines* (job `prediction-service`):" in text
+    assert log_commands(text) == [
+        ".venv/bin/python -m service logs summary --since 2025-01-01T12:00:00Z-10m --model-version v1"
+        " --every 1m",
+        ".venv/bin/python -m service logs outliers --since 2025-01-01T12:00:00Z-10m --model-version v1",
+    ]
+
+
+def test_resolved_model_quality_alert_gives_the_log_commands_up_to_its_end(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert("resolved")), tmp_path)
+    assert [command.split(" --model-version")[0].split("--since ")[1] for command in log_commands(text)] == [
+        "2025-01-01T12:00:00Z-10m --until 2025-01-01T12:05:00Z"
+    ] * 2
+
+
+def test_service_health_alert_has_no_log_commands(tmp_path: Path) -> None:
+    text = render("slack.text", notification(service_down_alert()), tmp_path)
+    assert "*Log lines*" not in text and log_commands(text) == []
+
+
+def test_the_log_commands_of_a_message_run_and_find_the_alerts_rows(tmp_path: Path, model_dir: Path) -> None:
+    from bench.log_data import START, write_log
+
+    log = tmp_path / "log" / "predictions.jsonl"
+    write_log(model_dir, log, 2000, max_bytes=256 * 1024, backup_count=10, rate=10.0)  # 3m20s from START
+    version = json.loads((model_dir / "metadata.json").read_text())["model_version"]
+    alert = drift_alert()
+    alert["labels"]["model_version"] = version
+    alert["startsAt"] = (START + timedelta(minutes=12)).isoformat().replace("+00:00", "Z")  # since: START+2m
+    commands = log_commands(render("slack.text", notification(alert), tmp_path))
+    assert len(commands) == 2
+    for command in commands:
+        arguments = command.split()[3:] + [
+            "--logs",
+            f"{log}*",
+            "--model-dir",
+            str(model_dir),
+            "--format",
+            "json",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-m", "service", *arguments],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        assert rows and all(row["model_version"] == version for row in rows)
+        if arguments[1] == "summary":  # windows from START + 2m on, one a minute
+            assert rows[0]["window_start"] == "2026-01-01T00:02:00Z" and len(rows) == 2
 
 
 # -- the local Slack stand-in --------------------------------------------------------------------------
