@@ -19,6 +19,7 @@ from conftest import REPO_ROOT
 from bench.log_data import REJECTED_EVERY, START, write_log
 from service.__main__ import main
 from service.log_queries import Baseline, FeatureDistribution
+from service.logs_command import point_in_time
 
 PREDICTIONS = 3000
 RATE = 10.0  # requests per second of the simulated clock: 3000 predictions span 5 minutes
@@ -367,3 +368,17 @@ def test_ks_statistic_and_psi_from_counts_equal_the_direct_computation() -> None
         for s, t in zip(bin_shares(served), bin_shares(training), strict=True)
     )
     assert distribution.psi() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-01T12:00:00Z", "2026-01-01T12:00:00+00:00"),
+        ("2026-01-01T12:00:00", "2026-01-01T12:00:00+00:00"),  # no zone: UTC
+        ("2026-01-01T12:00:00Z-10m", "2026-01-01T11:50:00+00:00"),  # as the Slack messages write it
+        ("2026-01-01T12:00:00-05:00", "2026-01-01T12:00:00-05:00"),  # a zone, not a duration
+        ("2026-01-01T12:00:00+02:00-1h30m", "2026-01-01T10:30:00+02:00"),
+    ],
+)
+def test_times_are_iso_8601_with_an_optional_duration(text: str, expected: str) -> None:
+    assert point_in_time(text).isoformat() == expected
