@@ -302,3 +302,23 @@ def test_recording_rules_are_exact_over_two_replicas_and_one_replicas_drift_move
     )
     for feature in set(features) - {DRIFT_FEATURE}:
         assert means[feature] == pytest.approx(sent[1].mean(feature), rel=1e-9)
+
+
+def test_each_replica_answers_the_pods_probes_on_its_api_port_and_metrics_only_on_the_metrics_port(replicas):
+    deployment = next(
+        obj
+        for obj in yaml.safe_load_all(
+            (REPO_ROOT / "deploy" / "kubernetes" / "rendered" / "production.yaml").read_text()
+        )
+        if obj["kind"] == "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    paths = {
+        container[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    for replica in replicas:
+        for path in paths:
+            assert httpx.get(replica.process.url + path, timeout=5.0).status_code == 200, path
+        assert httpx.get(replica.process.url + "/metrics", timeout=5.0).status_code == 404
+        metrics = httpx.get(f"http://{replica.instance}/metrics", timeout=5.0)
+        assert metrics.status_code == 200 and "model_predictions_total" in metrics.text
