@@ -20,9 +20,11 @@ from pathlib import Path
 import orjson
 
 from bench.report import Measurements, Run, build_table, misses
-from bench.servers import Server
 from bench.wrk import post_json_lua, run_wrk, stop_after_lua
 from service.traffic import load_training_data
+from stack.processes import free_port
+from stack.service_process import SERVE_COMMAND as SERVE
+from stack.service_process import ServiceProcess, service_env, start_service
 
 SAMPLE_BODY = {"data": [[5.1, 3.5, 1.4, 0.2]]}
 WARM_UP_SECONDS = 2.0
@@ -30,6 +32,8 @@ WARM_UP_SECONDS = 2.0
 # memory its compression takes) then falls in the warm-up, and rotations happen throughout the run.
 LOG_MAX_BYTES = 16 * 1024 * 1024
 ROTATION_WARM_UP_SECONDS = 60.0
+STARTUP_SECONDS = 60.0
+REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m bench.bare_app` runs from here
 SCRAPES = 20
 
 
@@ -54,7 +58,7 @@ def batch_body(model_dir: Path, rows: int) -> dict[str, list[list[float]]]:
     return {"data": [training[index % len(training)] for index in range(rows)]}
 
 
-def time_scrapes(server: Server, count: int) -> list[float]:
+def time_scrapes(server: ServiceProcess, count: int) -> list[float]:
     """Seconds per GET /metrics, each on a new connection so both workers answer some."""
     seconds = []
     for _ in range(count):
@@ -72,7 +76,7 @@ def time_scrapes(server: Server, count: int) -> list[float]:
 
 
 def measure(
-    server: Server, path: str, script: Path, connections: int, seconds: float, threads: int = 2
+    server: ServiceProcess, path: str, script: Path, connections: int, seconds: float, threads: int = 2
 ) -> Run:
     cpu_before = server.worker_cpu_seconds()
     result = run_wrk(server.url + path, script, connections, seconds, threads)
@@ -91,41 +95,36 @@ def run(args: argparse.Namespace, workdir: Path) -> Measurements:
     batch_lua = workdir / "batch.lua"
     batch_lua.write_text(post_json_lua(batch_body(args.model_dir, args.batch_rows)))
 
-    service_env = {"SERVICE_MODEL_DIR": str(args.model_dir.resolve())}
-    servers = {
-        "bare": Server("bare", "bench.bare_app", service_env, workdir, args.workers),
-        "model": Server("bare-onnxruntime", "bench.bare_app model", service_env, workdir, args.workers),
-        "off": Server(
-            "uninstrumented",
-            "service serve",
-            {**service_env, "SERVICE_METRICS_ENABLED": "false", "SERVICE_PREDICTION_LOG_ENABLED": "false"},
-            workdir,
-            args.workers,
-        ),
-        "on": Server(
-            "instrumented",
-            "service serve",
-            {
-                **service_env,
-                "SERVICE_LOG_FILE": str(workdir / "predictions.log"),
-                "SERVICE_LOG_MAX_BYTES": str(LOG_MAX_BYTES),
-            },
-            workdir,
-            args.workers,
-        ),
-    }
+    def start(name: str, command: tuple[str, ...], **settings: str) -> ServiceProcess:
+        run_dir = workdir / name
+        run_dir.mkdir()
+        env = service_env(
+            args.model_dir.resolve(), run_dir, free_port(), workers=str(args.workers), **settings
+        )
+        return start_service(env, run_dir / "output.txt", command, name, cwd=REPO_ROOT)
+
+    log_file = workdir / "instrumented" / "predictions.log"
+    servers: dict[str, ServiceProcess] = {}
     served_by_instrumented = 0
     try:
-        for server in servers.values():
-            server.start()
+        servers["bare"] = start("bare", ("bench.bare_app",))
+        servers["model"] = start("bare-onnxruntime", ("bench.bare_app", "model"))
+        servers["off"] = start(
+            "uninstrumented", SERVE, metrics_enabled="false", prediction_log_enabled="false"
+        )
+        servers["on"] = start("instrumented", SERVE, log_file=str(log_file), log_max_bytes=str(LOG_MAX_BYTES))
         for name, server in servers.items():
-            server.wait_ready("/" if name in ("bare", "model") else "/health")
+            bare = name in ("bare", "model")
+            # only the instrumented service writes the metric files that tell when each worker has loaded
+            server.wait_for_workers(
+                args.workers, STARTUP_SECONDS, ready_path="/" if bare else "/ready", metric_files=name == "on"
+            )
         for name, server in servers.items():
             warm_up = run_wrk(server.url + "/predict", predict_lua, args.connections, WARM_UP_SECONDS)
             if name == "on":
                 served_by_instrumented += warm_up.requests
         deadline = time.monotonic() + ROTATION_WARM_UP_SECONDS
-        while not list(workdir.glob("predictions.log.*.gz")) and time.monotonic() < deadline:
+        while not list(log_file.parent.glob("predictions.log.*.gz")) and time.monotonic() < deadline:
             warm_up = run_wrk(servers["on"].url + "/predict", predict_lua, args.connections, WARM_UP_SECONDS)
             served_by_instrumented += warm_up.requests
         rss_before = servers["on"].worker_rss_bytes()

@@ -1,7 +1,9 @@
-"""`python -m service serve` as a child process: start it on a port, find its gunicorn workers, stop it.
+"""A gunicorn server as a child process: start it on a port, find its workers, wait for them, stop it.
 
-For the fault tests and the load test, which need the production command itself (gunicorn master and
-uvicorn workers) and the process ids of its workers, to kill them or to read their memory.
+By default the production command `python -m service serve` (gunicorn master and uvicorn workers), for the
+fault tests, the gunicorn tests and the load test, which need its worker pids to kill them or read their
+memory. The benchmark also starts its bare app with it (`python -m bench.bare_app`, the same server
+around another app factory).
 """
 
 import os
@@ -9,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+SERVE_COMMAND = ("service", "serve")
 POLL_SECONDS = 0.05
 
 
@@ -76,10 +79,13 @@ def service_env(model_dir: Path, run_dir: Path, port: int, **settings: str) -> d
 
 @dataclass
 class ServiceProcess:
-    process: subprocess.Popen
+    """A gunicorn master (`process`, in a session of its own) and its workers, on 127.0.0.1:`port`."""
+
+    process: subprocess.Popen[bytes]
     port: int
     multiproc_dir: Path
-    output: Path
+    output: Path  # stdout and stderr of the master and its workers
+    name: str = "the service"
 
     @property
     def url(self) -> str:
@@ -87,35 +93,59 @@ class ServiceProcess:
 
     @property
     def master_pid(self) -> int:
-        return self.process.pid  # `python -m service serve` runs the gunicorn master itself
+        return self.process.pid  # the command runs the gunicorn master itself
 
     def worker_pids(self) -> set[int]:
         return child_pids(self.master_pid)
 
-    def wait_for_workers(self, count: int, timeout: float, exclude: Set[int] = frozenset()) -> set[int]:
-        """Wait until `count` workers not in `exclude` run and each has loaded the app; return their pids.
+    def worker_cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
-        A worker has loaded the app once its live gauge file exists: it binds the model metrics at startup.
+    def worker_rss_bytes(self) -> list[int]:
+        """Each worker's resident memory, in the order of their pids."""
+        pids = sorted(self.worker_pids())
+        sizes = [rss_bytes(pid) for pid in pids]
+        if 0 in sizes:
+            raise RuntimeError(f"a worker of {self.name} exited while its memory was read: {pids}")
+        return sizes
+
+    def wait_for_workers(
+        self,
+        count: int,
+        timeout: float,
+        exclude: Set[int] = frozenset(),
+        ready_path: str = "/ready",
+        metric_files: bool = True,
+    ) -> set[int]:
+        """Wait until `count` workers not in `exclude` run, each has loaded the app and `ready_path` answers
+        200; return their pids.
+
+        `ready_path` answers as soon as one worker is up. Where workers write metric files (`metric_files`:
+        the service with metrics on), a worker has loaded the app once its live gauge file exists, as it
+        binds the model metrics at startup; other apps are taken as loaded once `count` workers run.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"the service exited with {self.process.returncode}:\n{self.output_tail()}"
+                    f"{self.name} exited with {self.process.returncode}:\n{self.output_tail()}"
                 )
             workers = self.worker_pids() - exclude
-            loaded = {pid for pid in workers if (self.multiproc_dir / f"gauge_livemax_{pid}.db").exists()}
+            loaded = {pid for pid in workers if not metric_files or self._has_live_gauges(pid)}
             if len(loaded) >= count and len(self.worker_pids()) == count:
                 try:
-                    if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
+                    if httpx.get(self.url + ready_path, timeout=1.0).status_code == 200:
                         return loaded
                 except httpx.TransportError:
                     pass
             time.sleep(POLL_SECONDS)
         raise TimeoutError(
-            f"not {count} loaded workers within {timeout} s (workers: {self.worker_pids()}):\n"
+            f"{self.name}: not {count} loaded workers within {timeout} s (workers: {self.worker_pids()}):\n"
             + self.output_tail()
         )
+
+    def _has_live_gauges(self, pid: int) -> bool:
+        return (self.multiproc_dir / f"gauge_livemax_{pid}.db").exists()
 
     def output_tail(self, lines: int = 30) -> str:
         try:
@@ -124,7 +154,10 @@ class ServiceProcess:
             return ""
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (graceful: workers finish their requests and flush the log); SIGKILL the group if stuck."""
+        """SIGTERM (graceful: workers finish their requests and flush the log); SIGKILL the group if stuck.
+
+        Returns the master's exit code, None if it had to be killed. Stopping a stopped server does nothing.
+        """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -138,14 +171,23 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def start_service(env: dict[str, str], output: Path) -> ServiceProcess:
-    """Start `python -m service serve` in a session of its own (so the whole group can be killed)."""
+def start_service(
+    env: dict[str, str],
+    output: Path,
+    command: Sequence[str] = SERVE_COMMAND,
+    name: str = "the service",
+    cwd: Path | None = None,
+) -> ServiceProcess:
+    """Start `python -m <command>` with `env` (see `service_env`) in a session of its own, so that the
+    whole group can be killed; `output` gets its stdout and stderr."""
     with output.open("ab") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
+            [sys.executable, "-m", *command],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
             start_new_session=True,
         )
-    return ServiceProcess(process, int(env["SERVICE_PORT"]), Path(env["SERVICE_MULTIPROC_DIR"]), output)
+    return ServiceProcess(process, int(env["SERVICE_PORT"]), Path(env["SERVICE_MULTIPROC_DIR"]), output, name)

@@ -8,11 +8,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,13 @@ from sklearn.datasets import load_iris
 
 from service.model_files import CLASSIFIER_FILE, FEATURE_NAMES, LABELS, METADATA_FILE
 from stack.processes import free_port, require_binary
-from stack.service_process import service_env
+from stack.service_process import service_env, start_service
 
 pytestmark = pytest.mark.serving
 
 N_REQUESTS = 400
 CONNECTIONS = 8
 STARTUP_SECONDS = 30.0
-POLL_SECONDS = 0.1
 STALE_PREDICTIONS = 1000
 FAR_AWAY_ROW = [100.0, 100.0, 100.0, 100.0]
 
@@ -49,7 +46,7 @@ class Run:
     samples: Samples
     predictions_by_worker: dict[int, float]
     stale_file_left_at_start: bool
-    exit_code: int
+    exit_code: int | None
     log_lines: list[bytes]
     server_output: str
 
@@ -62,24 +59,6 @@ class Run:
 
 def gunicorn_env(model_dir: Path, tmp: Path, port: int) -> dict[str, str]:
     return service_env(model_dir, tmp, port, workers="2", log_file=str(tmp / "predictions.jsonl"))
-
-
-def start_serve(env: dict[str, str], output: Path) -> subprocess.Popen:
-    with output.open("wb") as sink:
-        # a session of its own, so that a failed test can stop the master and its workers together
-        return subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def plant_stale_metric_file(multiproc_dir: Path, model_version: str) -> Path:
@@ -100,22 +79,6 @@ def plant_stale_metric_file(multiproc_dir: Path, model_version: str) -> Path:
 
 def worker_pids(multiproc_dir: Path, prefix: str) -> set[int]:
     return {int(path.stem.rsplit("_", 1)[1]) for path in multiproc_dir.glob(f"{prefix}_*.db")}
-
-
-def wait_until_both_workers_serve(process: subprocess.Popen, base_url: str, multiproc_dir: Path) -> None:
-    """/ready answers as soon as one worker is up: also wait for the second worker's live gauges."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"`python -m service serve` exited with {process.returncode} during startup")
-        try:
-            ready = httpx.get(f"{base_url}/ready", timeout=1.0).status_code == 200
-        except httpx.TransportError:
-            ready = False
-        if ready and len(worker_pids(multiproc_dir, "gauge_livemax")) == 2:
-            return
-        time.sleep(POLL_SECONDS)
-    pytest.fail(f"the service did not get ready with 2 workers within {STARTUP_SECONDS} s")
 
 
 def request_rows() -> list[list[float]]:
@@ -161,25 +124,21 @@ def predictions_per_worker(multiproc_dir: Path, scratch: Path) -> dict[int, floa
 def run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("gunicorn")
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = gunicorn_env(model_dir, tmp, port)
+    env = gunicorn_env(model_dir, tmp, free_port())
     multiproc_dir = Path(env["SERVICE_MULTIPROC_DIR"])
     stale_file = plant_stale_metric_file(multiproc_dir, metadata["model_version"])
-    output = tmp / "server-output.txt"
-    process = start_serve(env, output)
+    service = start_service(env, tmp / "server-output.txt")
     try:
-        wait_until_both_workers_serve(process, base_url, multiproc_dir)
+        service.wait_for_workers(2, STARTUP_SECONDS)
         stale_file_left_at_start = stale_file.exists()
         rows = request_rows()
-        responses = asyncio.run(post_all(base_url, rows))
+        responses = asyncio.run(post_all(service.url, rows))
         assert [response.status_code for response in responses] == [200] * N_REQUESTS
-        metrics_text = httpx.get(f"{base_url}/metrics", timeout=10.0).text
+        metrics_text = httpx.get(f"{service.url}/metrics", timeout=10.0).text
         predictions_by_worker = predictions_per_worker(multiproc_dir, tmp / "per-worker")
-        process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(timeout=30)
+        exit_code = service.stop()  # SIGTERM; None if the server had to be killed
     finally:
-        stop_group(process)
+        service.stop()
     return Run(
         metadata=metadata,
         rows=rows,
@@ -190,7 +149,7 @@ def run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
         stale_file_left_at_start=stale_file_left_at_start,
         exit_code=exit_code,
         log_lines=Path(env["SERVICE_LOG_FILE"]).read_bytes().splitlines(),
-        server_output=output.read_text(errors="replace"),
+        server_output=service.output.read_text(errors="replace"),
     )
 
 
@@ -288,22 +247,17 @@ def test_prediction_log_has_one_line_per_request_after_graceful_shutdown(run: Ru
 # --- startup failures -----------------------------------------------------------------------------
 
 
-def serve_with_model_dir(model_dir: Path, tmp: Path) -> subprocess.CompletedProcess:
-    """Run the production command; it must exit by itself (a server that starts anyway is killed)."""
-    env = gunicorn_env(model_dir, tmp, free_port())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def serve_with_model_dir(model_dir: Path, tmp: Path) -> tuple[int | None, str]:
+    """Run the production command, which must exit by itself (a server that starts anyway is stopped):
+    its exit code and output."""
+    service = start_service(gunicorn_env(model_dir, tmp, free_port()), tmp / "server-output.txt")
     try:
-        stdout, stderr = process.communicate(timeout=60)
+        service.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        stop_group(process)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        exit_code = service.stop()
+    return exit_code, service.output.read_text(errors="replace")
 
 
 def broken_copy(model_dir: Path, tmp: Path) -> Path:
@@ -315,17 +269,17 @@ def broken_copy(model_dir: Path, tmp: Path) -> Path:
 def test_serve_without_models_exits_non_zero_naming_the_missing_file(tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
-    result = serve_with_model_dir(empty, tmp_path)
-    assert result.returncode != 0
-    assert str(empty / METADATA_FILE) in result.stderr
+    exit_code, output = serve_with_model_dir(empty, tmp_path)
+    assert exit_code not in (0, None), output
+    assert str(empty / METADATA_FILE) in output
 
 
 def test_serve_with_corrupt_classifier_exits_non_zero_naming_it(model_dir: Path, tmp_path: Path) -> None:
     models = broken_copy(model_dir, tmp_path)
     (models / CLASSIFIER_FILE).write_bytes(b"this is not an ONNX model")
-    result = serve_with_model_dir(models, tmp_path)
-    assert result.returncode != 0
-    assert str(models / CLASSIFIER_FILE) in result.stderr
+    exit_code, output = serve_with_model_dir(models, tmp_path)
+    assert exit_code not in (0, None), output
+    assert str(models / CLASSIFIER_FILE) in output
 
 
 def test_serve_with_three_feature_names_in_metadata_exits_non_zero_naming_metadata(
@@ -335,6 +289,6 @@ def test_serve_with_three_feature_names_in_metadata_exits_non_zero_naming_metada
     metadata = json.loads((models / METADATA_FILE).read_text())
     metadata["feature_names"] = metadata["feature_names"][:3]
     (models / METADATA_FILE).write_text(json.dumps(metadata))
-    result = serve_with_model_dir(models, tmp_path)
-    assert result.returncode != 0
-    assert str(models / METADATA_FILE) in result.stderr
+    exit_code, output = serve_with_model_dir(models, tmp_path)
+    assert exit_code not in (0, None), output
+    assert str(models / METADATA_FILE) in output
