@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench train lint clean debian-packages
+.PHONY: run test test-fast bench train lint generate clean debian-packages
 
 run: $(VENV)/.installed $(MODEL_DIR)/metadata.json debian-packages
 	$(PY) -m stack run
@@ -25,6 +25,11 @@ bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
 
 train: $(VENV)/.installed
 	$(PY) -m service train --output $(MODEL_DIR)
+
+# Every generated file, inputs first: the Kubernetes objects hold the rules and the dashboards.
+generate: $(VENV)/.installed
+	$(PY) grafana/generate_dashboards.py
+	$(PY) deploy/kubernetes/generate.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
