@@ -84,6 +84,7 @@ def write_log(
     rows = sent.astype(np.float32)
     model = SlicedModel(Model(model_dir), rows)
     log = PredictionLog(RotatingFileSink(log_file, max_bytes, backup_count))
+    # SlicedModel stands in for Model (same interface, no subclass): the one place a non-Model is passed
     predictor = Predictor(model, max_batch_rows=1, metrics=None, prediction_log=log)  # type: ignore[arg-type]
     wrong_shape = InvalidInput(Reason.WRONG_COLUMN_COUNT, "each row must have 4 values, got 3")
     try:

@@ -63,6 +63,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.transport is self.transport:  # a new cycle (not an upgrade)
             if self._shutting_down:
                 cycle.keep_alive = False
+            # a stand-in, not an asyncio.Transport subclass: it hands every other attribute to the real one
             cycle.transport = HeadWithBodyTransport(self.transport, cycle)  # type: ignore[assignment]
 
     def _idle(self) -> bool:

@@ -176,7 +176,8 @@ def _worst(target: Target, results: dict[str, CaseResult]) -> tuple[float | None
     if not chosen:
         return None
     figures = [target.figure(r) for r in chosen]
-    worst = None if any(f is None for f in figures) else max(figures)  # type: ignore[type-var]
+    known = [f for f in figures if f is not None]
+    worst = max(known) if len(known) == len(figures) else None
     return worst, all(target.met(f) for f in figures), len(chosen)
 
 
