@@ -43,7 +43,7 @@ SELECTOR = {"app.kubernetes.io/name": NAME}
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}  # set by the operator on its pods
 UID = 10001  # the Dockerfile's unprivileged user
 
-ALLOY_IMAGE = "grafana/alloy:v1.5.1"
+ALLOY_IMAGE = "grafana/alloy:v1.14.0"  # sys.env() in the config: Alloy 1.x docs from v1.14 on
 ALLOY_CONFIG = HERE / "prediction-log-shipper.alloy"
 ALLOY_HTTP_PORT = 12345
 LOKI_PUSH_URL = "http://loki-gateway.loki.svc.cluster.local/loki/api/v1/push"  # the Loki chart's gateway
