@@ -1,10 +1,10 @@
 """A prediction log written quickly by the service's own code: `Predictor` and `PredictionLog` with
 `RotatingFileSink`, so the lines, rotation and gzip parts are exactly what the service writes.
 
-Two shortcuts, neither of which changes a byte of the format: the model runs once over all rows (one
-onnxruntime call per 100,000 rows) and the predictor is handed each request's slice of those predictions;
-and the predictor's clock is a simulated one, so the requests spread over hours at `rate` per second
-instead of landing in the few seconds the generation takes.
+Two shortcuts, neither of which changes a byte of the format: the model runs once per chunk of rows (one
+onnxruntime call for 100,000 by default) and the predictor is handed each request's slice of those
+predictions; and the predictor's clock is a simulated one, so the requests spread over hours at `rate`
+per second instead of landing in the few seconds the generation takes.
 """
 
 import time
@@ -26,14 +26,16 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class SlicedModel:
-    """The real model's predictions for all rows, handed out request by request, in order."""
+    """The real model's predictions for a chunk of rows (one onnxruntime call each), handed out request by
+    request, in order."""
 
-    def __init__(self, model: Model, rows: np.ndarray) -> None:
+    def __init__(self, model: Model) -> None:
         self._model = model
-        parts = [model.predict(rows[start : start + CHUNK_ROWS]) for start in range(0, len(rows), CHUNK_ROWS)]
-        self._probabilities = np.concatenate([part.probabilities for part in parts])
-        self._scores = np.concatenate([part.outlier_scores for part in parts])
-        self._timing = (parts[0].classifier_seconds, parts[0].outlier_detector_seconds)
+        self._predictions = model.predict(np.zeros((1, model.n_features), dtype=np.float32))
+        self._position = 0
+
+    def load(self, rows: np.ndarray) -> None:
+        self._predictions = self._model.predict(rows)
         self._position = 0
 
     def __getattr__(self, name: str):  # version, labels, feature names...: the real model's
@@ -42,15 +44,14 @@ class SlicedModel:
     def predict(self, rows: np.ndarray) -> Predictions:
         start, end = self._position, self._position + len(rows)
         self._position = end
-        probabilities = self._probabilities[start:end]
-        scores = self._scores[start:end]
+        chunk = self._predictions
         return Predictions(
-            probabilities=probabilities,
-            label_indices=probabilities.argmax(axis=1),
-            outlier_scores=scores,
-            is_outlier=scores < self._model.outlier_threshold,
-            classifier_seconds=self._timing[0],
-            outlier_detector_seconds=self._timing[1],
+            probabilities=chunk.probabilities[start:end],
+            label_indices=chunk.label_indices[start:end],
+            outlier_scores=chunk.outlier_scores[start:end],
+            is_outlier=chunk.is_outlier[start:end],
+            classifier_seconds=chunk.classifier_seconds,
+            outlier_detector_seconds=chunk.outlier_detector_seconds,
         )
 
 
@@ -76,26 +77,38 @@ def write_log(
     rate: float = 100.0,
     outlier_fraction: float = 0.1,
     seed: int = 0,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> None:
     """Log `predictions` single-row /predict requests (and one rejected request per REJECTED_EVERY)."""
     source = RowSource(load_training_data(model_dir), Scenario("outliers", outlier_fraction), seed)
-    sent = source.rows(predictions)
-    data = sent.tolist()
-    rows = sent.astype(np.float32)
-    model = SlicedModel(Model(model_dir), rows)
-    log = PredictionLog(RotatingFileSink(log_file, max_bytes, backup_count))
-    # SlicedModel stands in for Model (same interface, no subclass): the one place a non-Model is passed
-    predictor = Predictor(model, max_batch_rows=1, metrics=None, prediction_log=log)  # type: ignore[arg-type]
+    model = SlicedModel(Model(model_dir))
     wrong_shape = InvalidInput(Reason.WRONG_COLUMN_COUNT, "each row must have 4 values, got 3")
-    try:
-        with mock.patch("service.predictor.datetime", SimulatedClock(START, rate)):
-            for index in range(predictions):
-                if index % REJECTED_EVERY == 0:
-                    body = b'{"data": [[1, 2, 3]]}'
-                    predictor.reject("/predict", wrong_shape, body, f"rejected-{index}", time.perf_counter())
-                row = rows[index : index + 1]
-                predictor.predict(
-                    "/predict", Answer.PROBABILITIES, [data[index]], row, f"job-{index}", time.perf_counter()
-                )
-    finally:
-        log.close()
+    body = b'{"data": [[1, 2, 3]]}'
+    with mock.patch("service.predictor.datetime", SimulatedClock(START, rate)):
+        for chunk_start in range(0, predictions, chunk_rows):
+            sent = source.rows(min(chunk_rows, predictions - chunk_start))
+            data = sent.tolist()
+            rows = sent.astype(np.float32)
+            model.load(rows)
+            # a log per chunk, closed (so written out) at its end: no write holds more than a chunk's lines,
+            # so the rotated parts have the size asked for within a chunk
+            log = PredictionLog(RotatingFileSink(log_file, max_bytes, backup_count))
+            # SlicedModel stands in for Model (same interface, no subclass): the one non-Model passed
+            predictor = Predictor(model, max_batch_rows=1, metrics=None, prediction_log=log)  # type: ignore[arg-type]
+            try:
+                for offset, row in enumerate(data):
+                    index = chunk_start + offset
+                    if index % REJECTED_EVERY == 0:
+                        predictor.reject(
+                            "/predict", wrong_shape, body, f"rejected-{index}", time.perf_counter()
+                        )
+                    predictor.predict(
+                        "/predict",
+                        Answer.PROBABILITIES,
+                        [row],
+                        rows[offset : offset + 1],
+                        f"job-{index}",
+                        time.perf_counter(),
+                    )
+            finally:
+                log.close()

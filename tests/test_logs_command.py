@@ -27,14 +27,15 @@ RATE = 10.0  # requests per second of the simulated clock: 3000 predictions span
 
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    """3000 logged predictions and 3 rejected requests, rotated at 256 KiB: .gz parts and a current file."""
+    """3000 logged predictions and 3 rejected requests, rotated at 128 KiB: .gz parts and a current file."""
     directory = tmp_path_factory.mktemp("log")
     write_log(
         model_dir,
         directory / "predictions.jsonl",
         PREDICTIONS,
-        max_bytes=256 * 1024,
-        backup_count=10,
+        max_bytes=128 * 1024,
+        chunk_rows=200,
+        backup_count=50,
         rate=RATE,
     )
     return directory
