@@ -29,7 +29,9 @@ COPY service ./service
 COPY stack ./stack
 RUN pip install . && rm -rf /src
 RUN groupadd --gid 10001 app \
-    && useradd --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
+    && useradd --uid 10001 --gid app --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app \
+    && mkdir -p /var/log/prediction-service && chown app:app /var/log/prediction-service
+# (docker-compose.yml mounts a volume there for the prediction log: a new volume takes this owner.)
 # Owned by root: the service reads the models and cannot change them.
 COPY --from=builder /app/models /app/models
 WORKDIR /app

@@ -24,6 +24,8 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 
 # The datasource of grafana/provisioning/datasources/prometheus.yml, referenced by its pinned uid.
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+# The datasource of grafana/provisioning/datasources/loki.yml (docker compose: the prediction log in Loki).
+LOKI = {"type": "loki", "uid": "loki"}
 SCHEMA_VERSION = 39
 TAGS = ["prediction-monitoring"]
 GRID_WIDTH = 24
@@ -95,13 +97,14 @@ def panel(
     overrides: list[dict] | None = None,
     options: dict | None = None,
     transformations: list[dict] | None = None,
+    datasource: dict = DATASOURCE,
 ) -> dict:
     """The one constructor of data panels; `layout()` fills in ids and positions."""
     return {
         "type": kind,
         "title": title,
         "description": description,
-        "datasource": DATASOURCE,
+        "datasource": datasource,
         "gridPos": {"h": height, "w": width},
         "fieldConfig": {"defaults": {"unit": unit, **(defaults or {})}, "overrides": overrides or []},
         "options": options or {},
@@ -369,7 +372,14 @@ def with_panel_ids(annotation: dict, placed: list[dict]) -> dict:
     }
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[dict], annotations: list[dict]) -> dict:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    panels: list[dict],
+    annotations: list[dict],
+    variables: list[dict] = VARIABLES,
+) -> dict:
     placed = layout(panels)
     return {
         "uid": uid,
@@ -394,7 +404,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], annota
             }
         ],
         "annotations": {"list": [with_panel_ids(annotation, placed) for annotation in annotations]},
-        "templating": {"list": VARIABLES},
+        "templating": {"list": variables},
         "panels": placed,
     }
 
@@ -702,9 +712,132 @@ def model_monitoring() -> dict:
     )
 
 
+# -- the prediction log in Loki (docker compose: Grafana Alloy ships it, alloy/config.alloy) --------------
+
+# Alloy's stream labels: low-cardinality only. The job id is structured metadata, filtered after the `|`.
+LOG_STREAM = '{job="prediction-service", model_version=~"$model_version"'
+LOG_VARIABLES = [
+    {
+        **query_variable(
+            "model_version",
+            "Model version",
+            "Model version label of the prediction log's streams.",
+            'label_values({job="prediction-service"}, model_version)',
+            include_all=True,
+        ),
+        "datasource": LOKI,
+    },
+    {
+        "type": "textbox",
+        "name": "job_id",
+        "label": "Job id",
+        "description": "A job id (the API's job_id, X-Request-ID), for the panel Request by job id.",
+        "query": "",
+        "current": {"selected": False, "text": "", "value": ""},
+        "options": [],
+        "hide": 0,
+        "skipUrlSync": False,
+    },
+]
+
+
+def loki_target(expr: str, legend: str = "") -> dict:
+    return {
+        "datasource": LOKI,
+        "editorMode": "code",
+        "expr": expr,
+        "queryType": "range",
+        "legendFormat": legend,
+    }
+
+
+def log_lines(title: str, description: str, expr: str, *, width: int = 24) -> dict:
+    return panel(
+        "logs",
+        title,
+        description,
+        "none",
+        [loki_target(expr)],
+        width=width,
+        height=10,
+        options={
+            "showTime": True,
+            "wrapLogMessage": True,
+            "sortOrder": "Descending",
+            "enableLogDetails": True,
+        },
+        datasource=LOKI,
+    )
+
+
+def log_counts(title: str, description: str, expr: str, legend: str) -> dict:
+    return panel(
+        "timeseries",
+        title,
+        description,
+        "short",
+        [loki_target(expr, legend)],
+        defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60, "stacking": {"mode": "normal"}}},
+        datasource=LOKI,
+    )
+
+
+def prediction_log() -> dict:
+    panels = [
+        log_lines(
+            "Request by job id",
+            "The log line of the request whose job id is typed in the Job id box (the job_id of the API's "
+            "answer, or the X-Request-ID the client sent): its input, prediction, outlier verdict, or the "
+            "reason it was rejected. Matched on structured metadata: no stream per request.",
+            '{job="prediction-service"} | job_id = "$job_id"',
+        ),
+        log_lines(
+            "Outlier rows",
+            "Answered requests with at least one row the outlier detector flagged (is_outlier true): what "
+            "ModelOutlierRatioHigh counts. The same rows from the files: python -m service logs outliers.",
+            LOG_STREAM + ', status="200"} |~ `"is_outlier":\\[[^\\]]*true`',
+            width=12,
+        ),
+        log_lines(
+            "Rejected requests",
+            "Requests refused because of their input (status 413, 415 or 422), with the reason and the body "
+            "as received (cut to 2,048 characters).",
+            LOG_STREAM + ', status!="200"}',
+            width=12,
+        ),
+        log_counts(
+            "Rejections by reason",
+            "Rejected requests per interval by reason (error.reason of the line); the metric "
+            "model_invalid_requests_total counts the same.",
+            "sum by (reason) (count_over_time("
+            + LOG_STREAM
+            + ', status!="200"} | json reason="error.reason" '
+            "[$__interval]))",
+            "{{reason}}",
+        ),
+        log_counts(
+            "Log lines by status",
+            "Log lines per interval by HTTP status: 200 answered, 413/415/422 rejected. Every prediction "
+            "request writes one line, answered or not.",
+            "sum by (status) (count_over_time(" + LOG_STREAM + "}[$__interval]))",
+            "{{status}}",
+        ),
+    ]
+    return dashboard(
+        "prediction-log",
+        "Prediction log",
+        "The prediction log in Loki (docker compose, shipped by Grafana Alloy): a request by its job id, the "
+        "outlier rows, rejections by reason.",
+        panels,
+        [],
+        LOG_VARIABLES,
+    )
+
+
 DASHBOARDS = {
     "prediction-service.json": prediction_service,
     "model-monitoring.json": model_monitoring,
+    "prediction-log.json": prediction_log,
 }
 
 

@@ -34,8 +34,22 @@ def dashboard_files() -> list[Path]:
     return sorted(DASHBOARD_DIR.glob("*.json"))
 
 
-def load_dashboards() -> list[dict]:
+def all_dashboards() -> list[dict]:
     return [json.loads(path.read_text(encoding="utf-8")) for path in dashboard_files()]
+
+
+def is_log_dashboard(dashboard: dict) -> bool:
+    """The Prediction log dashboard reads Loki (LogQL), not Prometheus."""
+    return all(panel["datasource"]["type"] == "loki" for panel in data_panels(dashboard))
+
+
+def load_dashboards() -> list[dict]:
+    """The dashboards of metrics (PromQL): every one but the log dashboards."""
+    return [dashboard for dashboard in all_dashboards() if not is_log_dashboard(dashboard)]
+
+
+def log_dashboards() -> list[dict]:
+    return [dashboard for dashboard in all_dashboards() if is_log_dashboard(dashboard)]
 
 
 def data_panels(dashboard: dict) -> list[dict]:

@@ -10,10 +10,12 @@ import yaml
 from dashboard_queries import (
     REPO_ROOT,
     SUBSTITUTIONS,
+    all_dashboards,
     annotations,
     dashboard_files,
     dashboard_queries,
     data_panels,
+    is_log_dashboard,
     load_dashboards,
     raw_dashboard_queries,
     variable_query,
@@ -22,6 +24,7 @@ from dashboard_queries import (
 GENERATOR = REPO_ROOT / "grafana" / "generate_dashboards.py"
 DATASOURCE_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 ALERTMANAGER_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "alertmanager.yml"
+LOKI_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "loki.yml"
 DASHBOARD_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DESIGN = (REPO_ROOT / "docs" / "design.md").read_text(encoding="utf-8")
 RECORDING_RULES = REPO_ROOT / "prometheus" / "rules" / "recording_rules.yml"
@@ -130,7 +133,7 @@ def promql_series(expr: str) -> list[tuple[str, str]]:
 def panel_cases() -> list[pytest.param]:
     return [
         pytest.param(dashboard, panel, id=f"{dashboard['uid']}/{panel['title']}")
-        for dashboard in load_dashboards()
+        for dashboard in all_dashboards()
         for panel in data_panels(dashboard)
     ]
 
@@ -159,7 +162,7 @@ def test_generator_prints_help():
 
 
 def test_dashboards_are_the_ones_in_the_design_note_with_unique_uids_and_titles():
-    dashboards = load_dashboards()
+    dashboards = all_dashboards()
     uids = [dashboard["uid"] for dashboard in dashboards]
     titles = [dashboard["title"] for dashboard in dashboards]
     assert len(set(uids)) == len(uids)
@@ -196,7 +199,7 @@ def test_prometheus_datasource_shows_its_rules_in_grafana_alerting_with_the_aler
 
 def test_every_provisioned_datasource_pins_a_unique_uid():
     files = sorted(DATASOURCE_PROVISIONING.parent.glob("*.yml"))
-    assert set(files) == {DATASOURCE_PROVISIONING, ALERTMANAGER_PROVISIONING}
+    assert set(files) == {DATASOURCE_PROVISIONING, ALERTMANAGER_PROVISIONING, LOKI_PROVISIONING}
     datasources = [item for path in files for item in yaml.safe_load(path.read_text())["datasources"]]
     uids = [datasource["uid"] for datasource in datasources]
     assert all(re.fullmatch(r"[a-z][a-z0-9-]*", uid) for uid in uids), uids
@@ -237,14 +240,16 @@ def test_dashboards_share_settings():
 
 @pytest.mark.parametrize(("dashboard", "panel"), panel_cases())
 def test_panel_has_title_description_unit_and_the_provisioned_datasource(dashboard, panel):
-    uid = provisioned_datasource()["uid"]
+    source = provisioned_datasource(
+        LOKI_PROVISIONING if is_log_dashboard(dashboard) else DATASOURCE_PROVISIONING
+    )
     assert panel["title"].strip()
     assert panel["description"].strip()
     assert panel["fieldConfig"]["defaults"]["unit"].strip()
-    assert panel["datasource"] == {"type": "prometheus", "uid": uid}
+    assert panel["datasource"] == {"type": source["type"], "uid": source["uid"]}
     assert panel["targets"]
     for target in panel["targets"]:
-        assert target["datasource"] == {"type": "prometheus", "uid": uid}
+        assert target["datasource"] == {"type": source["type"], "uid": source["uid"]}
 
 
 def test_template_variables_use_the_provisioned_datasource():
