@@ -1,17 +1,25 @@
-# `make run`: the service, Prometheus and Alertmanager on this machine (no Docker).
+# `make run`: the service, Prometheus and Alertmanager on this machine (no Docker); Ctrl-C stops all.
+# `make drill`: in a second terminal, 3 minutes of 40% outlier traffic to the running stack.
 # `make test`: create the virtual environment, install everything and run every test.
 # `make test-fast`: the same without the tests that start real servers (markers e2e and serving).
 # `make lint`: ruff (lint and format) and mypy with the pydantic plugin, as CI runs them before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP_INSTALL := $(VENV)/bin/pip install --quiet
 MODEL_DIR ?= models
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench train lint generate clean debian-packages
+.PHONY: run drill test test-fast bench train lint generate clean debian-packages
 
-run: $(VENV)/.installed $(MODEL_DIR)/metadata.json debian-packages
+# `make run` installs what it and its tour run: the service, training, the stack and `service logs`
+# (no test tools, no docker-compose).
+run: $(VENV)/.installed-run $(MODEL_DIR)/metadata.json
+	./scripts/ensure-debian-packages
 	$(PY) -m stack run
+
+drill: $(VENV)/.installed-run $(MODEL_DIR)/metadata.json
+	$(PY) -m service traffic --scenario outliers --duration 180 --model-dir $(MODEL_DIR)
 
 test: $(VENV)/.installed debian-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -23,7 +31,7 @@ bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
 	./scripts/ensure-debian-packages wrk
 	$(PY) -m bench
 
-train: $(VENV)/.installed
+train: $(VENV)/.installed-run
 	$(PY) -m service train --output $(MODEL_DIR)
 
 # Every generated file, inputs first: the Kubernetes objects hold the rules and the dashboards.
@@ -36,14 +44,21 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy  # files and plugin: [tool.mypy] in pyproject.toml
 
-$(MODEL_DIR)/metadata.json: $(VENV)/.installed
+$(MODEL_DIR)/metadata.json: $(VENV)/.installed-run
 	$(PY) -m service train --output $(MODEL_DIR)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(PIP_INSTALL) --upgrade pip
+
+# Editable installs: the code is read from this folder.
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/pip
+	$(PIP_INSTALL) -e '.[train,stack,logs]'
 	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/pip
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@ $(VENV)/.installed-run
 
 debian-packages:
 	./scripts/ensure-debian-packages docker-compose chromium

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ import numpy as np
 import orjson
 import prometheus_client
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.routing import Route
@@ -32,6 +36,10 @@ from service.settings import Settings
 from service.validation import MAX_ABS_VALUE, Reason
 
 SAMPLE_ROW = [5.1, 3.5, 1.4, 0.2]  # the book's test input, served by /predict/test
+# Swagger UI and ReDoc as files of the fastapi-offline package: FastAPI's own /docs loads them from a CDN,
+# and is blank behind a firewall.
+DOCS_ASSETS_PATH = "/docs-assets"
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
 
 
 class PredictResponse(BaseModel):
@@ -136,6 +144,34 @@ def open_prediction_log(settings: Settings) -> PredictionLog:
     return PredictionLog(StreamSink(settings.multiproc_dir / "prediction-log.lock"))
 
 
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc as FastAPI serves them, but from local files only."""
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    favicon = f"{DOCS_ASSETS_PATH}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            # no validator badge: it is an image from validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS_PATH}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     metrics: ServiceMetrics | None = None,
@@ -165,7 +201,10 @@ def create_app(
         version=model.version,
         description="Iris classifier with a One-class SVM outlier detector, monitored by Prometheus.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
 
     def predict_sample(request: Request, endpoint: str, answer: Answer) -> Response:
         started = time.perf_counter()

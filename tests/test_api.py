@@ -659,6 +659,7 @@ def test_prediction_log_line_of_a_prediction_has_its_fields(service: Service) ->
     assert record["endpoint"] == "/predict/label"
     assert record["model_version"] == service.metadata["model_version"]
     assert isinstance(record["latency_ms"], float) and record["latency_ms"] > 0
+    assert record["latency_ms"] == round(record["latency_ms"], 3)  # microseconds, not 15 digits
     assert record["status"] == 200
     assert record["input"] == [ROW]
     assert len(record["prediction"]) == 1 and sum(record["prediction"][0]) == pytest.approx(1, abs=1e-5)
