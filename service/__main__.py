@@ -59,7 +59,22 @@ def traffic_command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    counts = asyncio.run(run(args.url, source, args.rate, args.duration))
+    print(
+        f"traffic: {args.scenario} to {args.url}, {args.rate:g} requests/s for {args.duration:g} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def report(counts: dict, elapsed: float) -> None:
+        print(
+            f"traffic: {elapsed:5.0f} s of {args.duration:g}: {counts['sent']} sent "
+            f"({counts['sent'] / max(elapsed, 1e-9):.1f}/s), {counts['ok']} ok "
+            f"({counts['outliers']} outliers), {counts['errors']} errors",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    counts = asyncio.run(run(args.url, source, args.rate, args.duration, progress=report))
     print(json.dumps(counts))
     return 0 if counts["errors"] == 0 else 1
 

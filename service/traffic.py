@@ -6,6 +6,7 @@ Bounded by construction: it sends at most rate × duration requests and stops by
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,11 +127,26 @@ class RowSource:
         return self._batch.pop()
 
 
-async def run(url: str, source: RowSource, rate: float, duration: float, concurrency: int = 8) -> dict:
-    """Send POST /predict at `rate` requests per second for `duration` seconds; return counts."""
+Progress = Callable[[dict, float], None]  # called with the counts so far and the seconds elapsed
+
+
+async def run(
+    url: str,
+    source: RowSource,
+    rate: float,
+    duration: float,
+    concurrency: int = 8,
+    progress: Progress | None = None,
+    progress_seconds: float = 10.0,
+) -> dict:
+    """Send POST /predict at `rate` requests per second for `duration` seconds; return counts.
+
+    `progress`, if given, is called every `progress_seconds` while requests go out, and once at the end.
+    """
     total = int(rate * duration)
     counts = {"sent": 0, "ok": 0, "outliers": 0, "errors": 0}
     started = time.monotonic()
+    next_progress = started + progress_seconds
     limits = httpx.Limits(max_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -157,5 +173,10 @@ async def run(url: str, source: RowSource, rate: float, duration: float, concurr
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             counts["sent"] += 1
+            if progress is not None and time.monotonic() >= next_progress:
+                progress(counts, time.monotonic() - started)
+                next_progress += progress_seconds
         await asyncio.gather(*tasks)
+    if progress is not None:
+        progress(counts, time.monotonic() - started)
     return counts
