@@ -1,4 +1,7 @@
-"""Start the service, Prometheus and Alertmanager as child processes on 127.0.0.1, and stop them."""
+"""Start the service, Prometheus and Alertmanager as child processes on 127.0.0.1, and stop them.
+
+Beside them, in this process, the docs server that the alerts' runbook links lead to.
+"""
 
 import os
 import shutil
@@ -13,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from stack.configs import render_alertmanager_config, render_prometheus_config
+from stack.docs_server import RUNBOOK_PATH, DocsServer
 
 SERVICE_JOB = "prediction-service"
 
@@ -52,6 +56,20 @@ def _tail(log: Path, lines: int = 20) -> str:
         return ""
 
 
+def prometheus_page(base_url: str, page: str) -> str:
+    """The URL of a Prometheus UI page (alerts, graph, targets, ...) that answers 200 on this binary.
+
+    Debian's Prometheus 2.42 is built without the React UI: its pages live under /classic/ only.
+    """
+    for url in (f"{base_url}/{page}", f"{base_url}/classic/{page}"):
+        try:
+            if httpx.get(url, timeout=5.0).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+    raise StartError(f"Prometheus at {base_url} serves no {page} page")
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -64,21 +82,31 @@ class Ports:
     service: int = 8000
     prometheus: int = 9090
     alertmanager: int = 9093
+    docs: int = 9098
 
 
 @dataclass
 class Stack:
-    """The three processes of the product, their data in `run_dir`, all on 127.0.0.1."""
+    """The three processes of the product, their data in `run_dir`, all on 127.0.0.1, and the docs server.
+
+    No Grafana runs here, so the alerts carry no dashboard link (prometheus.yml's `grafana_url` is left out).
+    """
 
     run_dir: Path
     model_dir: Path
     slack_webhook_url_file: Path
     ports: Ports = field(default_factory=Ports)
     service_env: dict[str, str] = field(default_factory=dict)
+    rule_files: list[Path] | None = None  # None: the shipped prometheus/rules/
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    docs: DocsServer = field(default_factory=DocsServer)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, name)}"
+
+    @property
+    def runbook_page(self) -> str:
+        return self.url("docs") + RUNBOOK_PATH
 
     def query(self, promql: str) -> list[dict]:
         """The result vector of an instant query against this stack's Prometheus."""
@@ -119,6 +147,8 @@ class Stack:
             },
             f"127.0.0.1:{self.ports.alertmanager}",
             self.run_dir / "prometheus.yml",
+            external_labels={"runbook_page": self.runbook_page},
+            rule_files=self.rule_files,
         )
         process, log = self._spawn(
             "prometheus",
@@ -150,6 +180,7 @@ class Stack:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.docs.start("127.0.0.1", self.ports.docs)
             self.start_alertmanager()
             self.start_service()
             self.start_prometheus()
@@ -158,19 +189,26 @@ class Stack:
             raise
 
     def stop_process(self, name: str, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful), SIGKILL after `timeout`; then whatever is left of its process group."""
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        try:  # e.g. a gunicorn worker that outlived its master
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self.stop_process(name)
+        self.docs.stop()
 
 
 def stack_on_free_ports(
@@ -183,6 +221,6 @@ def stack_on_free_ports(
         run_dir=run_dir,
         model_dir=model_dir,
         slack_webhook_url_file=webhook_file,
-        ports=Ports(free_port(), free_port(), free_port()),
+        ports=Ports(free_port(), free_port(), free_port(), free_port()),
         service_env=service_env or {},
     )

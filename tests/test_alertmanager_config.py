@@ -33,10 +33,9 @@ SECRET_PATH = "/etc/alertmanager/secrets/slack_webhook_url"
 SLACK_FIELDS = ["title", "title_link", "text", "color", "fallback"]
 
 
-RUNBOOK_URL = (
-    "https://github.com/example/iris-prediction-monitor/blob/main/docs/runbook.md#modelinputfeaturemeandrift"
-)
+RUNBOOK_URL = "http://localhost:9098/docs/runbook.md#modelinputfeaturemeandrift"
 DASHBOARD_URL = "http://localhost:3000/d/model-monitoring/model-monitoring"
+GRAPH_URL = "http://localhost:9090/graph?g0.expr=up&g0.tab=1"
 DRIFT_DESCRIPTION = (
     "Mean of petal_length over the last 2m is 5.49, 46% above the training mean 3.76 (threshold 30%)."
 )
@@ -216,12 +215,15 @@ def alert_data(status: str, labels: dict[str, str], annotations: dict[str, str])
         "annotations": annotations,
         "startsAt": starts_at.isoformat().replace("+00:00", "Z"),
         "endsAt": ends_at.isoformat().replace("+00:00", "Z"),
-        "generatorURL": "http://localhost:9090/graph",
+        "generatorURL": GRAPH_URL,
     }
 
 
 def drift_alert(
-    status: str = "firing", feature: str = "petal_length", description: str = DRIFT_DESCRIPTION
+    status: str = "firing",
+    feature: str = "petal_length",
+    description: str = DRIFT_DESCRIPTION,
+    **annotations: str,
 ) -> dict[str, Any]:
     return alert_data(
         status,
@@ -238,6 +240,7 @@ def drift_alert(
             "description": description,
             "runbook_url": RUNBOOK_URL,
             "dashboard_url": DASHBOARD_URL,
+            **annotations,
         },
     )
 
@@ -255,7 +258,7 @@ def service_down_alert(status: str = "firing") -> dict[str, Any]:
         {
             "summary": "Prediction service 127.0.0.1:8000 is down",
             "description": "Prometheus could not scrape 127.0.0.1:8000 for 1m (up == 0).",
-            "runbook_url": "https://github.com/example/iris-prediction-monitor/blob/main/docs/runbook.md",
+            "runbook_url": "http://localhost:9098/docs/runbook.md#predictionservicedown",
             "dashboard_url": "http://localhost:3000/d/prediction-service/prediction-service",
         },
     )
@@ -333,9 +336,22 @@ def test_text_carries_the_description_with_value_and_threshold(tmp_path: Path) -
     assert DRIFT_DESCRIPTION in render("slack.text", notification(drift_alert()), tmp_path)
 
 
-def test_text_links_runbook_and_dashboard(tmp_path: Path) -> None:
+def test_title_links_to_the_prometheus_graph_where_there_is_no_dashboard(tmp_path: Path) -> None:
+    data = notification(drift_alert(dashboard_url=""))
+    assert render("slack.title_link", data, tmp_path) == GRAPH_URL
+
+
+def test_text_links_runbook_dashboard_and_prometheus_graph(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert()), tmp_path)
-    assert f"<{RUNBOOK_URL}|Runbook> | <{DASHBOARD_URL}|Dashboard>" in text
+    assert text.endswith(
+        f"\n<{RUNBOOK_URL}|Runbook> | <{DASHBOARD_URL}|Dashboard> | <{GRAPH_URL}|Prometheus graph>"
+    )
+
+
+def test_text_leaves_out_an_empty_dashboard_link(tmp_path: Path) -> None:
+    # `make run` runs no Grafana: the rules' dashboard_url is then empty.
+    text = render("slack.text", notification(drift_alert(dashboard_url="")), tmp_path)
+    assert text.endswith(f"\n<{RUNBOOK_URL}|Runbook> | <{GRAPH_URL}|Prometheus graph>")
 
 
 def test_text_escapes_characters_slack_reserves(tmp_path: Path) -> None:
@@ -347,7 +363,20 @@ def test_text_escapes_characters_slack_reserves(tmp_path: Path) -> None:
 
 def test_text_marks_resolved_alerts(tmp_path: Path) -> None:
     text = render("slack.text", notification(drift_alert("resolved")), tmp_path)
-    assert "*Input feature petal_length drifted from its training mean* (resolved)" in text
+    assert text.startswith("*Resolved:* Input feature petal_length drifted from its training mean\n")
+
+
+def test_resolved_text_says_what_the_rule_says_about_being_back_not_the_last_firing_value(
+    tmp_path: Path,
+) -> None:
+    back = "The mean of petal_length is back within 5% of its training mean."
+    text = render("slack.text", notification(drift_alert("resolved", resolved_description=back)), tmp_path)
+    assert (back in text, DRIFT_DESCRIPTION in text) == (True, False)
+
+
+def test_resolved_text_without_a_resolved_description_says_back_within_its_threshold(tmp_path: Path) -> None:
+    text = render("slack.text", notification(drift_alert("resolved")), tmp_path)
+    assert ("\nBack within its threshold.\n" in text, DRIFT_DESCRIPTION in text) == (True, False)
 
 
 def test_text_has_one_paragraph_per_alert(tmp_path: Path) -> None:
@@ -623,4 +652,4 @@ def test_alertmanager_sends_firing_then_resolved_message_to_slack(alertmanager: 
     resolved = alertmanager.wait_for_title("[RESOLVED] ModelInputFeatureMeanDrift", timeout=40)
     attachment = resolved["attachments"][0]
     assert (resolved["channel"], attachment["color"]) == ("#ml-model-quality", "good")
-    assert "(resolved)" in attachment["text"]
+    assert attachment["text"].startswith("*Resolved:* ") and DRIFT_DESCRIPTION not in attachment["text"]

@@ -20,10 +20,10 @@ RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 DESIGN = ROOT / "docs" / "design.md"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 
-RUNBOOK_URL = "https://github.com/iris-prediction-monitor/iris-prediction-monitor/blob/main/docs/runbook.md"
-DASHBOARD_URL_BY_CATEGORY = {
-    "model_quality": "http://localhost:3000/d/model-monitoring/model-monitoring",
-    "service_health": "http://localhost:3000/d/prediction-service/prediction-service",
+# Links are built from prometheus.yml's external labels (see the comment in alert_rules.yml).
+DASHBOARD_PATH_BY_CATEGORY = {
+    "model_quality": "/d/model-monitoring/model-monitoring",
+    "service_health": "/d/prediction-service/prediction-service",
 }
 REQUIRED_ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
 
@@ -123,7 +123,7 @@ def test_alert_has_for_severity_category_and_annotations(name: str):
     alert = ALERTS[name]
     assert alert.get("for"), f"{name} has no `for`"
     assert alert["labels"]["severity"] in {"critical", "warning"}
-    assert alert["labels"]["category"] in DASHBOARD_URL_BY_CATEGORY
+    assert alert["labels"]["category"] in DASHBOARD_PATH_BY_CATEGORY
     missing = REQUIRED_ANNOTATIONS - {key for key, value in alert["annotations"].items() if value}
     assert not missing, f"{name} lacks annotations {sorted(missing)}"
 
@@ -134,10 +134,34 @@ def test_alert_description_shows_the_current_value(name: str):
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
-def test_alert_dashboard_url_matches_its_category(name: str):
+def test_alert_dashboard_url_is_grafanas_url_and_the_dashboard_of_its_category(name: str):
     alert = ALERTS[name]
-    expected = DASHBOARD_URL_BY_CATEGORY[alert["labels"]["category"]]
-    assert re.fullmatch(re.escape(expected) + r"(\?.*)?", alert["annotations"]["dashboard_url"])
+    path = DASHBOARD_PATH_BY_CATEGORY[alert["labels"]["category"]]
+    start, end = "{{ with $externalLabels.grafana_url }}{{ . }}", "{{ end }}"
+    pattern = re.escape(start + path) + r"(\?.*)?" + re.escape(end)
+    assert re.fullmatch(pattern, alert["annotations"]["dashboard_url"])
+
+
+def test_config_external_labels_give_the_links_their_addresses():
+    labels = load_yaml(CONFIG_FILE)["global"]["external_labels"]
+    assert labels == {
+        "runbook_page": "http://localhost:9098/docs/runbook.md",  # compose's `docs` service
+        "grafana_url": "http://localhost:3000",  # compose's `grafana` service
+    }
+
+
+ALL_ALERT_RULES = [
+    rule
+    for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+    for rule in rules(path)
+    if "alert" in rule
+]
+
+
+@pytest.mark.parametrize("rule", ALL_ALERT_RULES, ids=lambda rule: rule["alert"])
+def test_no_alert_annotation_names_a_host(rule: dict):
+    # A host written in a rule is wrong wherever the stack runs elsewhere: links come from external labels.
+    assert [value for value in rule["annotations"].values() if re.search(r"https?://|localhost", value)] == []
 
 
 def github_anchor(heading: str) -> str:
@@ -153,7 +177,7 @@ RUNBOOK_ANCHORS = {
 @pytest.mark.parametrize("name", sorted(ALERTS))
 def test_alert_runbook_url_points_at_its_runbook_section(name: str):
     url = ALERTS[name]["annotations"]["runbook_url"]
-    assert url == f"{RUNBOOK_URL}#{name.lower()}"
+    assert url == f"{{{{ with $externalLabels.runbook_page }}}}{{{{ . }}}}#{name.lower()}{{{{ end }}}}"
     assert name.lower() in RUNBOOK_ANCHORS, f"docs/runbook.md has no section headed {name}"
 
 
