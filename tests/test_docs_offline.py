@@ -13,6 +13,8 @@ import pytest
 from stack.processes import free_port
 from stack.service_process import ServiceProcess, service_env, start_service
 
+pytestmark = pytest.mark.serving
+
 DOC_PAGES = ["/docs", "/redoc"]
 # src="...", href="...", url: '...' (Swagger UI's spec URL) in the HTML FastAPI writes
 ASSET_REFERENCE = re.compile(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)["']""")
