@@ -14,6 +14,19 @@ COPY stack ./stack
 RUN pip install ".[train]"
 RUN python -m service train --output /app/models
 
+# The runbook server of docker compose (service `docs`): the repository's Markdown files (mounted at
+# /srv/docs) as HTML pages, where the alerts' runbook links lead. Nothing of the service is in it.
+FROM ${PYTHON_IMAGE} AS docs
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN pip install "markdown-it-py>=3,<5"
+COPY stack/docs_server.py /app/docs_server.py
+USER 65534:65534
+EXPOSE 9098
+CMD ["python", "/app/docs_server.py", "--host", "0.0.0.0", "--port", "9098", "--root", "/srv/docs"]
+
 FROM ${PYTHON_IMAGE} AS runtime
 # SERVICE_MULTIPROC_DIR: writable by the unprivileged user (the prediction log's lock file goes beside it).
 ENV PIP_NO_CACHE_DIR=1 \
