@@ -1,5 +1,6 @@
 """The runbook server: the repository's Markdown as HTML with GitHub's heading ids, nothing else served;
-the same file runs on its own as docker compose's `docs` service, where prometheus.yml's runbook_page points."""
+the same file runs on its own as docker compose's `docs` service, where prometheus.yml's runbook_page
+points."""
 
 import subprocess
 import sys

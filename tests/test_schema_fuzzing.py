@@ -43,7 +43,15 @@ OPERATIONS = [
     ("GET", "/predict/test/label"),
     *(("POST", path) for path in PREDICTION_PATHS),
 ]
-UNDOCUMENTED_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/metrics"}
+# (/docs-assets: the Swagger UI and ReDoc files /docs and /redoc load)
+UNDOCUMENTED_ROUTES = {
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/docs-assets",
+    "/metrics",
+}
 FUZZ_SETTINGS = settings(
     max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
