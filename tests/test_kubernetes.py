@@ -3,6 +3,7 @@ object valid for the targeted Kubernetes version, and the operator's objects (wh
 covers) held to the project's own files: rules, dashboards, routes, ports and paths of the service."""
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -390,3 +391,22 @@ def test_readme_states_the_generated_resources_and_grace_period():
     assert f"CPU request {resources['requests']['cpu']}" in section
     assert f"limit {resources['limits']['cpu']}" in section
     assert f"terminationGracePeriodSeconds: {pod_spec(objects)['terminationGracePeriodSeconds']}" in section
+
+
+def test_log_shipper_is_composes_alloy_with_lokis_address_and_the_pods_labels_from_the_environment(objects):
+    (shipper,) = pod_spec(objects)["initContainers"]
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["alloy"]
+    assert shipper["image"] == compose["image"]
+    config_map = next(o for o in objects if o["metadata"]["name"] == "prediction-log-shipper")
+    config = config_map["data"]["config.alloy"]
+    environment = {variable["name"] for variable in shipper["env"]}
+    assert (
+        set(re.findall(r'sys\.env\("(\w+)"\)', config))
+        == environment
+        == {"LOKI_PUSH_URL", "POD_NAME", "POD_NAMESPACE"}
+    )
+    compose_config = (REPO_ROOT / "alloy" / "config.alloy").read_text(encoding="utf-8")
+    (compose_url,) = re.findall(r'url = ("[^"]+")', compose_config)
+    undone = config.split("\n", 2)[2].replace('sys.env("LOKI_PUSH_URL")', compose_url)
+    undone = re.sub(r"\n\n  external_labels = \{\n[^}]*\n  \}", "", undone)
+    assert undone == compose_config

@@ -43,14 +43,16 @@ SELECTOR = {"app.kubernetes.io/name": NAME}
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}  # set by the operator on its pods
 UID = 10001  # the Dockerfile's unprivileged user
 
-ALLOY_IMAGE = "grafana/alloy:v1.14.0"  # sys.env() in the config: Alloy 1.x docs from v1.14 on
-ALLOY_CONFIG = HERE / "prediction-log-shipper.alloy"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ALLOY_CONFIG = REPO_ROOT / "alloy" / "config.alloy"  # compose's: the sidecar ships lines the same way
 ALLOY_HTTP_PORT = 12345
 LOKI_PUSH_URL = "http://loki-gateway.loki.svc.cluster.local/loki/api/v1/push"  # the Loki chart's gateway
+# compose's Loki address in ALLOY_CONFIG, which the sidecar reads from its environment instead
+LOKI_WRITE = re.compile(r'(loki\.write "\w+" \{\n  endpoint \{\n    url = )"[^"\n]*"(\n  \})')
 
 HTTP_PORT = 8000
 METRICS_PORT = 8001  # /metrics from the gunicorn master, apart from the API: only Prometheus may reach it
-LOG_DIR = "/var/log/prediction"
+LOG_DIR = "/var/log/prediction-service"  # as in compose, where ALLOY_CONFIG reads it
 TMP_DIR = "/tmp"  # gunicorn's worker heartbeat files and the metric files of every worker
 TMP_SIZE_MIB = 64
 PRE_STOP_SLEEP_SECONDS = 5  # endpoints are removed while the pod still answers
@@ -93,6 +95,30 @@ def project_version() -> str:
 def service_image() -> str:
     """The image docker-compose.yml builds from the Dockerfile, tagged with the project's version."""
     return f"iris-prediction-monitor:{project_version()}"
+
+
+def alloy_image() -> str:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["services"]["alloy"]["image"]
+
+
+def log_shipper_config() -> str:
+    """alloy/config.alloy with Loki's address from LOKI_PUSH_URL and each pod's namespace and name as
+    labels (one pod's lines are one stream, in order, as one compose container's are)."""
+    compose_config = ALLOY_CONFIG.read_text(encoding="utf-8")
+    pod_labels = (
+        "\n\n  external_labels = {\n"
+        '    namespace = sys.env("POD_NAMESPACE"),\n'
+        '    pod       = sys.env("POD_NAME"),\n'
+        "  }"
+    )
+    config, found = LOKI_WRITE.subn(rf'\1sys.env("LOKI_PUSH_URL")\2{pod_labels}', compose_config)
+    if found != 1:
+        raise GenerationError(f"{ALLOY_CONFIG} has no single loki.write endpoint url to replace")
+    header = (
+        "// alloy/config.alloy, as deploy/kubernetes/generate.py changes it for the pod's sidecar: Loki's\n"
+        "// address from LOKI_PUSH_URL, the pod's namespace and name as labels.\n"
+    )
+    return header + config
 
 
 def settings_environment() -> dict[str, str]:
@@ -193,7 +219,7 @@ def log_shipper_config_map() -> dict:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata("prediction-log-shipper"),
-        "data": {"config.alloy": ALLOY_CONFIG.read_text(encoding="utf-8"), "LOKI_PUSH_URL": LOKI_PUSH_URL},
+        "data": {"config.alloy": log_shipper_config(), "LOKI_PUSH_URL": LOKI_PUSH_URL},
     }
 
 
@@ -211,7 +237,7 @@ def log_shipper_container() -> dict:
     service, so no line is written before it reads or left behind after the service stops."""
     return {
         "name": "log-shipper",
-        "image": ALLOY_IMAGE,
+        "image": alloy_image(),
         "restartPolicy": "Always",
         "args": [
             "run",
