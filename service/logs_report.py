@@ -208,15 +208,14 @@ def write_report(
     baseline = database.baseline
     progress("report: per-window numbers…")
     every, windows = database.time_series(TIME_SERIES_POINTS)
+    if not windows:
+        progress("nothing in the selected range (check --since, --until, --model-version, --logs)")
+        sections = ['<p class="warning">No prediction in the selected range.</p>']
+        output.write_text(page(header(database, windows), sections), encoding="utf-8")
+        return
     progress("report: distributions against the training data…")
     distributions = database.feature_distributions()
     progress("report: drawing…")
-    predictions = sum(window["predictions"] for window in windows)
-    first = min((window["window_start"] for window in windows), default=None)
-    last = max((window["window_end"] for window in windows), default=None)
-    versions = sorted({window["model_version"] for window in windows})
-    warnings = [message for message in database.report.messages() if not message.startswith("read ")]
-
     sections = [
         "<h2>Served inputs against the training data</h2>",
         '<div class="grid">'
@@ -265,16 +264,25 @@ def write_report(
         "<h2>Per-feature tests</h2>",
         tests_table(database, windows, distributions),
     ]
-    header = (
+    output.write_text(page(header(database, windows), sections), encoding="utf-8")
+
+
+def header(database: LogDatabase, windows: list[dict[str, Any]]) -> str:
+    predictions = sum(window["predictions"] for window in windows)
+    first = min((window["window_start"] for window in windows), default=None)
+    last = max((window["window_end"] for window in windows), default=None)
+    versions = sorted({window["model_version"] for window in windows})
+    warnings = [message for message in database.report.messages() if not message.startswith("read ")]
+    return (
         f"<h1>Prediction log report</h1><p>{predictions} predictions of model version(s) "
         f"{html.escape(', '.join(versions)) or '–'}, from {first} to {last}; {len(database.report.files)} "
         f"log file(s); written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
         + "".join(f'<p class="warning">{html.escape(message)}</p>' for message in warnings)
     )
-    if not windows:
-        sections = ["<p class='warning'>No prediction in the selected range.</p>"]
-    page = (
+
+
+def page(header_html: str, sections: list[str]) -> str:
+    return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Prediction log report</title>'
-        f"<style>{STYLE}</style></head><body>{header}{''.join(sections)}</body></html>\n"
+        f"<style>{STYLE}</style></head><body>{header_html}{''.join(sections)}</body></html>\n"
     )
-    output.write_text(page, encoding="utf-8")

@@ -98,3 +98,20 @@ def test_chromium_screenshot_shows_the_plots(report: Path, tmp_path: Path) -> No
     assert not_white > 0.05 * width * height  # text alone covers far less than a page of plots
     assert pixels_near(image, PLOT_BLUE) > 1000  # lines of the served data (a page without plots: 0)
     assert pixels_near(image, THRESHOLD_RED) > 100  # the 20% outlier line
+
+
+def test_report_of_an_empty_window_says_so(report: Path, model_dir: Path) -> None:
+    output = report.with_name("empty.html")
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "service", "logs", "report", "--output", str(output),
+            "--since", "2030-01-01", "--logs", str(report.with_name("predictions.jsonl*")),
+            "--model-dir", str(model_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "nothing in the selected range" in result.stderr and "Warning" not in result.stderr
+    assert "No prediction in the selected range." in output.read_text(encoding="utf-8")
