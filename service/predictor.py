@@ -187,8 +187,10 @@ class Predictor:
 
 
 def latency_ms(started: float) -> float:
-    """Milliseconds since `started`, to the microsecond: perf_counter's further digits are noise in a log."""
-    return round((time.perf_counter() - started) * 1000.0, 3)
+    """Milliseconds since `started`, to the microsecond: perf_counter's further digits are noise in a log.
+
+    Whole microseconds over 1000 print with at most 3 decimals, at half the cost of round(x, 3)."""
+    return round((time.perf_counter() - started) * 1e6) / 1000.0
 
 
 def _all_finite(probabilities: list[list[float]], array: np.ndarray) -> bool:
