@@ -214,3 +214,64 @@ def test_the_harness_fires_when_and_only_when_the_rule_says(model_dir: Path, tmp
     assert 80 <= changed.first_seconds <= 105
     assert changed.target_seconds == changed.first_seconds
     assert [n.firing for n in changed.notifications][:1] == [1]
+
+
+# ------------------------------------------------------------------------------------------- rule files
+
+CHAINED_RULES = """\
+groups:
+  - name: fast
+    interval: 10s
+    rules:
+      - record: job:x:rate2m
+        expr: sum by (job) (rate(x_total[2m]))
+      - record: job:x:doubled
+        expr: job:x:rate2m * 2
+      - record: job:x:verdict
+        expr: job:x:doubled > 1
+        labels:
+          window: 2m
+      - record: job:y:rate2m
+        expr: sum by (job) (rate(y_total[2m]))
+      - record: job:y:shifted
+        expr: job:y:rate2m + 1
+      - record: job:y:scaled
+        expr: job:y:rate2m * 3
+  - name: slow
+    interval: 1m
+    rules:
+      - record: job:x:slow
+        expr: job:x:rate2m{job="a"} + job:y:shifted + job:y:scaled
+  - name: alerts
+    rules:
+      - alert: Verdict
+        expr: job:x:verdict or job:x:slow > 0
+        labels:
+          category: model_quality
+"""
+
+
+def test_records_read_by_one_rule_of_their_group_are_written_into_it(tmp_path: Path):
+    from bench.alerts.rules import load_rule_set
+
+    (tmp_path / "rules.yml").write_text(CHAINED_RULES)
+    rule_set = load_rule_set("chained", tmp_path, default_interval=10)
+    by_name = {rule.record: rule for level in rule_set.levels for rule in level}
+    # doubled has one reader in its group (verdict): inlined, and rate2m with it. rate2m is also read with
+    # a matcher by another group, y's rate by two rules, shifted and scaled by another group: all stored.
+    assert set(by_name) == {
+        "job:x:rate2m",
+        "job:x:verdict",
+        "job:y:rate2m",
+        "job:y:shifted",
+        "job:y:scaled",
+        "job:x:slow",
+    }
+    assert by_name["job:x:verdict"].expr.strip() == "(job:x:rate2m * 2) > 1"
+    assert [sorted(rule.record for rule in level) for level in rule_set.levels] == [
+        ["job:x:rate2m", "job:y:rate2m"],
+        ["job:x:verdict", "job:y:scaled", "job:y:shifted"],
+        ["job:x:slow"],
+    ]
+    assert by_name["job:x:slow"].interval == 60
+    assert rule_set.longest_range_seconds == 120

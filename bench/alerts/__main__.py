@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rates", type=float, nargs="+", help="requests/s to simulate (default: all six)")
     parser.add_argument(
+        "--normal-days",
+        type=float,
+        help="simulated days of the normal case at each rate (default 7; the warm-ups add normal traffic)",
+    )
+    parser.add_argument(
         "--only", nargs="+", metavar="TEXT", help="only traffic whose key contains one of these"
     )
     parser.add_argument(
@@ -70,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
 def chosen_cases(args: argparse.Namespace, warm_up: float) -> list[scenarios.Case]:
     durations = QUICK if args.quick else scenarios.FULL
     durations = scenarios.Durations(
-        durations.normal_seconds,
+        args.normal_days * 86400 if args.normal_days else durations.normal_seconds,
         durations.steady_seconds,
         max(durations.warm_up_seconds, warm_up),
         durations.after_change_seconds,
@@ -143,7 +148,8 @@ def describe(started: datetime, wall: float, cpu: float, clock: Clock, simulatio
     lines.append(
         "Cells: rules before #10 → current rules. Time from the change to the first model-quality alert "
         "firing (O outlier ratio, M feature mean, D feature distribution, C class share); for normal traffic "
-        "the alerts fired; ✓/✗ the issue's target where one applies."
+        "the alerts fired in the normal case and the warm-ups at that rate, and their hours; ✓/✗ the issue's "
+        "target where one applies."
     )
     return "\n".join(lines)
 

@@ -5,7 +5,10 @@ only raw series and earlier levels): each level's results are written as OpenMet
 promtool and moved into the data directory before Prometheus restarts for the next level, which is what
 `promtool tsdb create-blocks-from rules` does, in one block per level instead of one per rule and 2 hours.
 A series that a rule stops producing gets a NaN at the first evaluation it is missing from, standing in for
-the staleness marker Prometheus writes then (NaN fails every comparison, so the alerts drop it at once).
+the staleness marker Prometheus writes then: NaN fails every comparison, and an alert sample that is NaN is
+taken as no sample (the queries' lookback, just above the longest interval, ends the NaN soon after).
+Records that read only gauges (the training baselines) are constant: they are evaluated every
+`GAUGE_SECONDS` instead of every interval, which changes no lookup (lookback > GAUGE_SECONDS).
 Alert expressions are then evaluated the same way at their group's interval, and `for`/`keep_firing_for`
 applied (bench.alerts.alert_state).
 """
@@ -13,11 +16,13 @@ applied (bench.alerts.alert_state).
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from bench.alerts.alert_state import Firing, firings
-from bench.alerts.rules import AlertingRule, RecordingRule, RuleSet
+from bench.alerts.rules import AlertingRule, RecordingRule, RuleSet, identifiers
+from bench.alerts.samples import GAUGE_SECONDS
 from bench.alerts.tsdb import Prometheus, create_blocks, series_text, write_series
 
 # Groups are evaluated at different offsets, as Prometheus spreads groups over their interval; scrapes
@@ -32,16 +37,16 @@ def grid_start(start: float, interval: float, offset: float) -> float:
     return start + offset % interval
 
 
-def _record_samples(rule: RecordingRule, prometheus: Prometheus, start: float, end: float, out) -> int:
+def _record_samples(
+    rule: RecordingRule, step: float, prometheus: Prometheus, start: float, end: float, out: TextIO
+) -> int:
     first = grid_start(start, rule.interval, RECORD_OFFSET_SECONDS)
     written = 0
-    for result in prometheus.query_range(rule.expr, first, end, rule.interval):
+    for result in prometheus.query_range(rule.expr, first, end, step):
         labels = {k: v for k, v in result.labels.items() if k != "__name__"} | dict(rule.labels)
         timestamps, values = result.timestamps, result.values
-        following = timestamps + rule.interval
-        missing_next = np.append(
-            np.diff(timestamps) > 1.5 * rule.interval, timestamps[-1] + rule.interval <= end
-        )
+        following = timestamps + step
+        missing_next = np.append(np.diff(timestamps) > 1.5 * step, timestamps[-1] + step <= end)
         if missing_next.any():
             timestamps = np.concatenate([timestamps, following[missing_next]])
             values = np.concatenate([values, np.full(int(missing_next.sum()), np.nan)])
@@ -53,15 +58,30 @@ def _record_samples(rule: RecordingRule, prometheus: Prometheus, start: float, e
 
 
 def backfill_records(
-    rule_set: RuleSet, prometheus: Prometheus, start: float, end: float, work_dir: Path, say: Progress
+    rule_set: RuleSet,
+    prometheus: Prometheus,
+    start: float,
+    end: float,
+    work_dir: Path,
+    metrics: set[str],
+    gauges: set[str],
+    say: Progress,
 ) -> None:
+    """`metrics`: the raw series names; `gauges`: those that are constant gauges."""
+    constant = set(gauges)
     for index, level in enumerate(rule_set.levels):
-        path = work_dir / f"{rule_set.name}-records-{index}.om"
+        path = work_dir / f"records-{index}.om"
         written = 0
         with path.open("w") as out:
             for rule in level:
-                say(f"level {index + 1}/{len(rule_set.levels)}: {rule.record} every {rule.interval:g}s")
-                written += _record_samples(rule, prometheus, start, end, out)
+                names = identifiers(rule.expr) & (metrics | rule_set.record_names)
+                if names and names <= constant and "[" not in rule.expr and "time(" not in rule.expr:
+                    constant.add(rule.record)
+                    step = max(rule.interval, GAUGE_SECONDS)
+                else:
+                    step = rule.interval
+                say(f"level {index + 1}/{len(rule_set.levels)}: {rule.record} every {step:g}s")
+                written += _record_samples(rule, step, prometheus, start, end, out)
             out.write("# EOF\n")
         if written:
             prometheus.add_blocks(create_blocks(path, work_dir / f"{rule_set.name}-blocks-{index}"))
@@ -90,7 +110,8 @@ def alert_firings(
         for result in prometheus.query_range(rule.expr, first, end, rule.interval):
             labels = {k: v for k, v in result.labels.items() if k != "__name__"} | dict(rule.labels)
             key = tuple(sorted((labels | {"alertname": rule.alert}).items()))
-            for step in np.rint((result.timestamps - first) / rule.interval).astype(int).tolist():
+            stamps = result.timestamps[~np.isnan(result.values)]  # NaN: a stale record (see above)
+            for step in np.rint((stamps - first) / rule.interval).astype(int).tolist():
                 present.setdefault(step, set()).add(key)
         nothing: set = set()
         evaluations = ((first + step * rule.interval, present.get(step, nothing)) for step in range(steps))

@@ -2,7 +2,7 @@
 traffic, notifications per hour for the steady share, and the issue's targets met or missed."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.alerts.evaluate import AlertFiring
 from bench.alerts.notifications import Notification, Route, notifications, per_hour
@@ -18,6 +18,9 @@ class CaseResult:
     alerts_fired: int  # firings from the start to the end of the case
     warm_up_alerts_fired: int
     notifications: tuple[Notification, ...]
+    # normal cases: with the warm-ups of every case at the same rate (normal traffic too)
+    normal_alerts_fired: int = 0
+    normal_hours: float = 0.0
 
     @property
     def notifications_per_hour(self) -> list[int]:
@@ -54,6 +57,14 @@ def case_results(
             sum(1 for item in mine if item.firing.fired_at < change),
             relative,
         )
+    for job, result in results.items():
+        if result.case.traffic.kind == "normal":
+            same_rate = [r for r in results.values() if r.case.rate == result.case.rate and r is not result]
+            results[job] = replace(
+                result,
+                normal_alerts_fired=result.alerts_fired + sum(r.warm_up_alerts_fired for r in same_rate),
+                normal_hours=(result.case.seconds + sum(r.case.warm_up_seconds for r in same_rate)) / 3600,
+            )
     return results
 
 
@@ -107,7 +118,7 @@ TARGETS = (
     Target(
         "normal traffic, every rate: 0 model-quality alerts",
         lambda c: c.traffic.kind == "normal",
-        lambda r: float(r.alerts_fired),
+        lambda r: float(r.normal_alerts_fired),
         0,
         "alerts",
     ),
@@ -186,7 +197,7 @@ def _cell(result: CaseResult | None) -> str:
         return "–"
     case = result.case
     if case.traffic.kind == "normal":
-        return f"{result.alerts_fired} alerts"
+        return f"{result.normal_alerts_fired} in {result.normal_hours:.0f} h"
     if case.traffic.kind == "steady":
         hours = result.notifications_per_hour
         mean = sum(hours) / len(hours) if hours else 0.0

@@ -48,6 +48,10 @@ class RuleSet:
     alerts: tuple[AlertingRule, ...]
 
     @property
+    def record_names(self) -> set[str]:
+        return {rule.record for level in self.levels for rule in level}
+
+    @property
     def referenced_names(self) -> set[str]:
         """Every identifier in the expressions: a superset of the metric names the rules read."""
         exprs = [rule.expr for level in self.levels for rule in level] + [a.expr for a in self.alerts]
@@ -100,7 +104,61 @@ def load_rule_set(name: str, directory: Path, default_interval: float) -> RuleSe
                     )
     if not alerts:
         raise ValueError(f"no alerting rule with category={CATEGORY} in {directory}")
-    return RuleSet(name, directory, _levels(records, [a.expr for a in alerts]), tuple(alerts))
+    alert_exprs = [alert.expr for alert in alerts]
+    return RuleSet(name, directory, _levels(_inlined(records, alert_exprs), alert_exprs), tuple(alerts))
+
+
+def _bare_use(name: str) -> re.Pattern[str]:
+    """`name` used as a plain selector: no label matchers, range, offset or @ after it."""
+    return re.compile(rf"(?<![a-zA-Z0-9_:]){re.escape(name)}(?![a-zA-Z0-9_:])(?!\s*(?:\{{|\[|offset\b|@))")
+
+
+def _inlined(
+    records: dict[str, list[RecordingRule]], alert_exprs: list[str]
+) -> dict[str, list[RecordingRule]]:
+    """The records to evaluate, with each record that only one rule of its own group reads (by plain name)
+    written into that rule's expression instead of being stored.
+
+    Exact: Prometheus evaluates a group's rules in order at one timestamp, so a later rule reads the value
+    the earlier one has just recorded, which is the earlier expression's value at that timestamp. It spares
+    storing and reloading series that only feed the next rule (e.g. per-bucket counts feeding a chi-square).
+    """
+    readers: dict[str, list[RecordingRule | None]] = {name: [] for name in records}  # None: an alert
+    for rules in records.values():
+        for rule in rules:
+            for used in identifiers(rule.expr) & readers.keys():
+                readers[used].append(rule)
+    for expr in alert_exprs:
+        for used in identifiers(expr) & readers.keys():
+            readers[used].append(None)
+
+    def inlinable(name: str) -> bool:
+        [rule, *others] = records[name]
+        consumers = readers[name]
+        if others or rule.labels or len(consumers) != 1 or consumers[0] is None:
+            return False
+        consumer = consumers[0]
+        text = QUOTED.sub('""', consumer.expr)
+        return consumer.group == rule.group and len(_bare_use(name).findall(text)) == text.count(name)
+
+    inline = {name for name in records if inlinable(name)}
+
+    def expanded(expr: str, seen: tuple[str, ...] = ()) -> str:
+        for name in sorted(identifiers(expr) & inline, key=len, reverse=True):
+            if name in seen:
+                raise ValueError(f"recording rules depend on each other in a cycle: {' -> '.join(seen)}")
+            body = "(" + expanded(records[name][0].expr, (*seen, name)).strip() + ")"
+            expr = _bare_use(name).sub(body.replace("\\", "\\\\"), expr)  # a template: escape backslashes
+        return expr
+
+    return {
+        name: [
+            RecordingRule(rule.record, expanded(rule.expr), rule.labels, rule.interval, rule.group)
+            for rule in rules
+        ]
+        for name, rules in records.items()
+        if name not in inline
+    }
 
 
 def _levels(

@@ -25,7 +25,8 @@ from service.metrics import ServiceMetrics
 from service.model import Model, Predictions
 
 SCRAPE_SECONDS = 10
-GAUGE_EVERY_SCRAPES = 6  # constant gauges are written once a minute: lookups see them (lookback 5 min)
+GAUGE_EVERY_SCRAPES = 12  # constant gauges are written every 2 minutes: the queries' lookback is longer
+GAUGE_SECONDS = GAUGE_EVERY_SCRAPES * SCRAPE_SECONDS
 DIGIT_BASE = 10
 CHUNK_INTERVALS = 4096  # intervals generated at once (bounds memory)
 

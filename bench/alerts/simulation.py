@@ -12,11 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.alerts import scenarios
-from bench.alerts.evaluate import alert_firings, backfill_records
+from bench.alerts.evaluate import AlertFiring, alert_firings, backfill_records
 from bench.alerts.notifications import Route, route_for
 from bench.alerts.report import CaseResult, case_results
 from bench.alerts.rules import REPO_ROOT, RuleSet
-from bench.alerts.samples import GAUGE_EVERY_SCRAPES, SCRAPE_SECONDS, Phase, Pool, build_pool, scrapes
+from bench.alerts.samples import (
+    GAUGE_EVERY_SCRAPES,
+    GAUGE_SECONDS,
+    SCRAPE_SECONDS,
+    Phase,
+    Pool,
+    build_pool,
+    scrapes,
+)
 from bench.alerts.tsdb import Prometheus, create_blocks, series_text, write_series
 from service.model import Model
 
@@ -112,16 +120,24 @@ def write_samples(cases: list[scenarios.Case], pools: dict[str, Pool], path: Pat
     return samples
 
 
-def _evaluate(rule_set: RuleSet, raw_blocks: Path, work: Path, end: float, clock: Clock) -> list:
+def _evaluate(
+    rule_set: RuleSet,
+    raw_blocks: Path,
+    work: Path,
+    end: float,
+    metrics: set[str],
+    gauges: set[str],
+    clock: Clock,
+) -> list[AlertFiring]:
     data = work / f"data-{rule_set.name.replace(' ', '-').replace('#', '')}"
     shutil.copytree(raw_blocks, data, copy_function=os.link)  # blocks are immutable: share their files
     record_intervals = [rule.interval for level in rule_set.levels for rule in level]
-    lookback = max([SCRAPE_SECONDS * GAUGE_EVERY_SCRAPES, *record_intervals]) + SCRAPE_SECONDS
+    lookback = max([GAUGE_SECONDS, *record_intervals]) + SCRAPE_SECONDS
     prometheus = Prometheus(data, work, lookback)
     try:
         clock.phase(f"{rule_set.name}: recording rules")
         prometheus.start()
-        backfill_records(rule_set, prometheus, START, end, work, clock.say)
+        backfill_records(rule_set, prometheus, START, end, work, metrics, gauges, clock.say)
         clock.phase(f"{rule_set.name}: alerts")
         return alert_firings(rule_set, prometheus, START, end, clock.say)
     finally:
@@ -150,8 +166,10 @@ def simulate(
     create_blocks(raw, work / "blocks")
     raw.unlink()
     end = START + max(case.end_seconds for case in cases)
+    metrics = {series.name for series in pools["normal"].series}
+    gauges = {series.name for series in pools["normal"].series if series.is_gauge}
     results = {}
     for rule_set in rule_sets:
-        found = _evaluate(rule_set, work / "blocks", work, end, clock)
+        found = _evaluate(rule_set, work / "blocks", work, end, metrics, gauges, clock)
         results[rule_set.name] = case_results(cases, found, route, START)
     return Simulation(results, cases, pools, samples)
