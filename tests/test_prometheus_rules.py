@@ -5,6 +5,7 @@ the rules are held to the contract of docs/design.md (names, labels, annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ import yaml
 ROOT = Path(__file__).parents[1]
 PROMETHEUS_DIR = ROOT / "prometheus"
 CONFIG_FILE = PROMETHEUS_DIR / "prometheus.yml"
-RECORDING_RULES_FILE = PROMETHEUS_DIR / "rules" / "recording_rules.yml"
-ALERT_RULES_FILE = PROMETHEUS_DIR / "rules" / "alert_rules.yml"
-RULE_FILES = [RECORDING_RULES_FILE, ALERT_RULES_FILE]
+RULES_GENERATOR = PROMETHEUS_DIR / "generate_rules.py"
+# Prometheus loads rules/*.yml (prometheus.yml); in this order the groups are listed in group_eval_order.
+RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 DESIGN = ROOT / "docs" / "design.md"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -36,8 +37,10 @@ def rules(path: Path) -> list[dict]:
     return [rule for group in load_yaml(path)["groups"] for rule in group["rules"]]
 
 
-ALERTS = {rule["alert"]: rule for rule in rules(ALERT_RULES_FILE)}
-RECORDS = {rule["record"] for rule in rules(RECORDING_RULES_FILE)}
+ALL_RULES = [rule for path in RULE_FILES for rule in rules(path)]
+ALERTS = {rule["alert"]: rule for rule in ALL_RULES if "alert" in rule}
+RECORDS = {rule["record"] for rule in ALL_RULES if "record" in rule}
+WINDOWS = ("2m", "15m", "1h", "6h")  # prometheus/generate_rules.py's WINDOWS
 
 
 def rel(path: Path) -> str:
@@ -96,7 +99,7 @@ def test_config_scrapes_the_three_jobs_with_one_static_target_each():
         "prometheus": ["localhost:9090"],
         "alertmanager": ["localhost:9093"],
     }
-    assert config["rule_files"] == ["rules/recording_rules.yml", "rules/alert_rules.yml"]
+    assert config["rule_files"] == ["rules/*.yml"]
     assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["localhost:9093"]}]}]
 
 
@@ -104,9 +107,27 @@ def test_config_scrapes_the_three_jobs_with_one_static_target_each():
 
 
 def test_recording_rules_are_exactly_those_of_the_design():
-    table_names = set(re.findall(r"^\| `([a-z_]+:[a-z_]+:[a-z0-9_]+)` \|", DESIGN.read_text(), re.M))
-    assert table_names, "no recording rule table found in docs/design.md"
+    """The table names each record once; `<window>` stands for every window of the model-quality rules."""
+    rows = re.findall(r"^\| `([a-z_]+:[a-z_]+:[a-z0-9_<>]+)` \|", DESIGN.read_text(), re.M)
+    assert rows, "no recording rule table found in docs/design.md"
+    table_names = {
+        row.replace("<window>", window) for row in rows for window in (WINDOWS if "<window>" in row else ("",))
+    }
     assert RECORDS == table_names
+
+
+def test_generated_model_quality_rules_are_up_to_date():
+    result = run([sys.executable, str(RULES_GENERATOR), "--check"])
+    assert result.returncode == 0, result.stderr + "\nrun: python prometheus/generate_rules.py"
+
+
+def test_model_quality_verdicts_carry_their_window_and_alerts_do_not():
+    verdicts = [rule for rule in ALL_RULES if "record" in rule and "window" in rule.get("labels", {})]
+    assert {rule["labels"]["window"] for rule in verdicts} == set(WINDOWS)
+    for name, alert in ALERTS.items():
+        if alert["labels"]["category"] == "model_quality":
+            assert alert["expr"].startswith("max without (window) ("), name
+            assert alert.get("keep_firing_for"), f"{name} has no hysteresis (keep_firing_for)"
 
 
 def test_alerts_are_exactly_those_of_the_design():
@@ -130,7 +151,9 @@ def test_alert_has_for_severity_category_and_annotations(name: str):
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
 def test_alert_description_shows_the_current_value(name: str):
-    assert "$value" in ALERTS[name]["annotations"]["description"]
+    # model-quality alerts show each window's own value (`.Value` of its verdict)
+    description = ALERTS[name]["annotations"]["description"]
+    assert "$value" in description or ".Value" in description
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
@@ -228,8 +251,8 @@ def test_rule_test_file_is_deterministic_and_uses_the_shipped_rules(test_file: P
     # every minute, not every 10s like prometheus.yml.
     assert spec.get("evaluation_interval") == "10s"
     assert all(group.get("interval") for group in spec["tests"])
-    if ALERT_RULES_FILE in rule_files:
+    group_names = {path: [g["name"] for g in load_yaml(path)["groups"]] for path in rule_files}
+    expected = [name for path in RULE_FILES if path in rule_files for name in group_names[path]]
+    if len(expected) > 1:
         # Otherwise promtool evaluates groups in random order and `for` timings flip between runs.
-        group_names = {path: [g["name"] for g in load_yaml(path)["groups"]] for path in rule_files}
-        expected = [name for path in RULE_FILES if path in rule_files for name in group_names[path]]
         assert spec.get("group_eval_order") == expected
