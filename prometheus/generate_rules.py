@@ -200,12 +200,14 @@ def window_rules(window: Window) -> dict:
             f"""
   (
       (
-          {BUCKET_INCREASE}{w} + on (job, model_version, feature, le) group_left (lower) (0 * {BUCKET_BASELINE})
+          {BUCKET_INCREASE}{w}
+        + on (job, model_version, feature, le) group_left (lower) (0 * {BUCKET_BASELINE})
         - on (job, model_version, feature, lower) group_left ()
           label_replace({BUCKET_INCREASE}{w}, "lower", "$1", "le", "(.*)")
       )
     or
-      {BUCKET_INCREASE}{w} + on (job, model_version, feature, le) group_left (lower) (0 * {BUCKET_BASELINE}{{lower="-Inf"}})
+      {BUCKET_INCREASE}{w}
+    + on (job, model_version, feature, le) group_left (lower) (0 * {BUCKET_BASELINE}{{lower="-Inf"}})
   )
 / on ({FEATURE}) group_left ()
   ({VALUES}{w} > 0)
@@ -447,6 +449,7 @@ def alert_rules() -> dict:
         + scalar(f"{LABEL_Z}WINDOW", LABEL_MATCHERS, "%+.1f")
         + " standard errors).",
     )
+    training_outliers = scalar(TRAINING_OUTLIER_RATIO, VERSION_MATCHERS, "%")
     evidence = f"at least {z} standard errors (about one false page a year) in one of the windows {windows}"
     return {
         "name": "model-quality.alerts",
@@ -456,9 +459,10 @@ def alert_rules() -> dict:
                 OUTLIERS_DETECTED,
                 "critical",
                 "Model {{ $labels.model_version }} sees a high share of outlier inputs",
-                f"""More than {OUTLIER_RATIO_THRESHOLD:.0%} of the predictions of {model} are outliers.{outliers}
-                The alert needs the share above {OUTLIER_RATIO_THRESHOLD:.0%} by {evidence}, on at least
-                {MIN_PREDICTIONS} predictions; in training {scalar(TRAINING_OUTLIER_RATIO, VERSION_MATCHERS, "%")} were.""",
+                f"""More than {OUTLIER_RATIO_THRESHOLD:.0%} of the predictions of {model} are
+                outliers.{outliers} The alert needs the share above {OUTLIER_RATIO_THRESHOLD:.0%} by
+                {evidence}, on at least {MIN_PREDICTIONS} predictions; in training
+                {training_outliers} were.""",
             ),
             alert(
                 "ModelInputFeatureMeanDrift",
@@ -475,8 +479,8 @@ def alert_rules() -> dict:
                 "ModelInputFeatureDistributionDrift",
                 DISTRIBUTION_DRIFT_DETECTED,
                 "warning",
-                "The distribution of input feature {{ $labels.feature }} of model {{ $labels.model_version }} "
-                "changed",
+                "The distribution of input feature {{ $labels.feature }} of model "
+                "{{ $labels.model_version }} changed",
                 f"""The values of {{{{ $labels.feature }}}} in the predictions of {model} fall into the
                 training deciles in other shares than in training.{distribution} The alert needs a
                 chi-square distance above {CHI2_DISTANCE_THRESHOLD:g} once its no-drift bias
@@ -533,7 +537,7 @@ def render() -> dict[Path, str]:
         RECORDS_FILE: dump(
             record_groups(),
             "# Model-quality recording rules: baselines, and per window the statistics and the verdicts\n"
-            "# (record names ending in the window; verdicts carry a `window` label). docs/design.md names them.\n",
+            "# (record names end in the window; verdicts carry a `window` label). docs/design.md names them.\n",
         ),
         ALERTS_FILE: dump(
             {"groups": [alert_rules()]},
