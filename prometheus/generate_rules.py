@@ -537,7 +537,7 @@ def render() -> dict[Path, str]:
         RECORDS_FILE: dump(
             record_groups(),
             "# Model-quality recording rules: baselines, and per window the statistics and the verdicts\n"
-            "# (record names end in the window; verdicts carry a `window` label). docs/design.md names them.\n",
+            "# (names end in the window; verdicts carry a `window` label). docs/design.md names them.\n",
         ),
         ALERTS_FILE: dump(
             {"groups": [alert_rules()]},
