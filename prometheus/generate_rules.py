@@ -65,7 +65,7 @@ CLASS_SHARE_THRESHOLD = 0.10  # a predicted class 10 percentage points off its t
 MIN_PREDICTIONS = 30
 MIN_PREDICTIONS_DISTRIBUTION = 100
 FOR = "30s"
-KEEP_FIRING_FOR = "10m"
+KEEP_FIRING_FOR = "5m"
 
 VERSION = "job, model_version"
 FEATURE = "job, model_version, feature"

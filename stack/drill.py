@@ -21,7 +21,12 @@ from stack.processes import stack_on_free_ports
 from stack.slack_receiver import SlackReceiver
 
 NORMAL = Scenario("normal")
-MODEL_QUALITY_ALERTS = ("ModelOutlierRatioHigh", "ModelInputFeatureMeanDrift")
+MODEL_QUALITY_ALERTS = (
+    "ModelOutlierRatioHigh",
+    "ModelInputFeatureMeanDrift",
+    "ModelInputFeatureDistributionDrift",
+    "ModelPredictedClassShareDrift",
+)
 
 
 class SteadyTraffic(threading.Thread):
