@@ -34,8 +34,12 @@ import yaml
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 RECORDS_FILE = RULES_DIR / "model_quality_rules.yml"
 ALERTS_FILE = RULES_DIR / "model_quality_alerts.yml"
-RUNBOOK_URL = "https://github.com/iris-prediction-monitor/iris-prediction-monitor/blob/main/docs/runbook.md"
-DASHBOARD_URL = "http://localhost:3000/d/model-monitoring/model-monitoring?var-job={{ $labels.job }}"
+# Links come from prometheus.yml's external labels (see alert_rules.yml), never a host written here.
+RUNBOOK_URL = "{{ with $externalLabels.runbook_page }}{{ . }}#NAME{{ end }}"
+DASHBOARD_URL = (
+    "{{ with $externalLabels.grafana_url }}{{ . }}/d/model-monitoring/model-monitoring"
+    "?var-job={{ $labels.job }}{{ end }}"
+)
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,7 @@ def predictions(window: str) -> str:
     return scalar(f"{PREDICTIONS}{window}", VERSION_MATCHERS, "%.0f")
 
 
-def alert(name: str, verdict: str, severity: str, summary: str, description: str) -> dict:
+def alert(name: str, verdict: str, severity: str, summary: str, description: str, resolved: str) -> dict:
     return {
         "alert": name,
         "expr": f"max without (window) ({verdict})",
@@ -397,7 +401,10 @@ def alert(name: str, verdict: str, severity: str, summary: str, description: str
         "annotations": {
             "summary": summary,
             "description": " ".join(description.split()),
-            "runbook_url": f"{RUNBOOK_URL}#{name.lower()}",
+            # the RESOLVED message: no window has seen the problem for KEEP_FIRING_FOR
+            "resolved_description": " ".join(resolved.split())
+            + f" for {KEEP_FIRING_FOR} in every window ({', '.join(w.name for w in WINDOWS)}).",
+            "runbook_url": RUNBOOK_URL.replace("NAME", name.lower()),
             "dashboard_url": DASHBOARD_URL,
         },
     }
@@ -463,6 +470,7 @@ def alert_rules() -> dict:
                 outliers.{outliers} The alert needs the share above {OUTLIER_RATIO_THRESHOLD:.0%} by
                 {evidence}, on at least {MIN_PREDICTIONS} predictions; in training
                 {training_outliers} were.""",
+                f"The share of outliers of {model} has been at or below {OUTLIER_RATIO_THRESHOLD:.0%}",
             ),
             alert(
                 "ModelInputFeatureMeanDrift",
@@ -474,6 +482,8 @@ def alert_rules() -> dict:
                 {MEAN_DEVIATION_THRESHOLD:.0%} off its training mean
                 {scalar(MEAN_BASELINE, FEATURE_MATCHERS, "%.3f")}.{mean} The alert needs more than
                 {MEAN_DEVIATION_THRESHOLD:.0%} with {evidence}, on at least {MIN_PREDICTIONS} predictions.""",
+                f"The mean of {{{{ $labels.feature }}}} of {model} has been within "
+                f"{MEAN_DEVIATION_THRESHOLD:.0%} of its training mean",
             ),
             alert(
                 "ModelInputFeatureDistributionDrift",
@@ -486,6 +496,7 @@ def alert_rules() -> dict:
                 chi-square distance above {CHI2_DISTANCE_THRESHOLD:g} once its no-drift bias
                 (buckets - 1)(1/n + 1/N) is taken off, with {evidence}, on at least
                 {MIN_PREDICTIONS_DISTRIBUTION} predictions.""",
+                f"The distribution of {{{{ $labels.feature }}}} of {model} has been near its training one",
             ),
             alert(
                 "ModelPredictedClassShareDrift",
@@ -497,6 +508,8 @@ def alert_rules() -> dict:
                 than {CLASS_SHARE_THRESHOLD:g} from its training share
                 {scalar(LABEL_BASELINE, LABEL_MATCHERS, "%.3f")}.{label} The alert needs more than
                 {CLASS_SHARE_THRESHOLD:g} with {evidence}, on at least {MIN_PREDICTIONS} predictions.""",
+                f"The share of {{{{ $labels.predicted_label }}}} of {model} has been within "
+                f"{CLASS_SHARE_THRESHOLD:g} of its training share",
             ),
         ],
     }
