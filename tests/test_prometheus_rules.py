@@ -56,7 +56,8 @@ def promtool() -> str:
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # the model-quality alert tests replay hours of 10 s samples: ~1 min of CPU, more on a loaded machine
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 # ---------------------------------------------------------------------------------------------- promtool

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.python import asgi as schemathesis_asgi
@@ -287,6 +288,7 @@ def test_raw_requests_are_counted_under_their_reason_and_predictions_per_row(raw
 
 def unexpected_label_values(fuzzed: FuzzedApp) -> set[tuple[str, str, str]]:
     """(sample, label, value) of every label value outside the fixed sets of the metric contract."""
+    edges = {floatToGoString(e) for column in fuzzed.metadata["feature_bucket_edges"] for e in column}
     allowed = {
         "handler": {route.path for route in fuzzed.app.routes} | {"other"},
         "method": HTTP_METHODS | {"other"},
@@ -298,6 +300,9 @@ def unexpected_label_values(fuzzed: FuzzedApp) -> set[tuple[str, str, str]]:
         "stage": {"classifier", "outlier_detector"},
         "classifier": {fuzzed.metadata["classifier"]},
         "outlier_detector": {fuzzed.metadata["outlier_detector"]},
+        # the drift buckets' edges, from metadata.json
+        "lower": {"-Inf", *edges},
+        "upper": {"+Inf", *edges},
     }
     return {
         (sample.name, name, value)
