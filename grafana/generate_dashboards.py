@@ -34,14 +34,33 @@ GRID_WIDTH = 24
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 QUANTILES = (0.5, 0.9, 0.99)
 
-# Lines drawn on the panels: the thresholds of the alerts in prometheus/rules/alert_rules.yml (the tests
-# hold each panel's lines to the numbers in its alert's expression).
-OUTLIER_RATIO_THRESHOLD = 0.2  # ModelOutlierRatioHigh
-MIN_PREDICTIONS_OUTLIER_RATIO = 200  # ModelOutlierRatioHigh's minimum sample
-FEATURE_MEAN_TOLERANCE = 0.05  # ModelInputFeatureMeanDrift
-MIN_PREDICTIONS_FEATURE_MEAN = 2000  # ModelInputFeatureMeanDrift's minimum sample
+# Lines drawn on the panels: the thresholds of the alerts in prometheus/rules/ (the tests hold each panel's
+# lines to the numbers in its alert's rules). The model-quality ones are prometheus/generate_rules.py's.
 ERROR_RATIO_THRESHOLD = 0.05  # PredictionErrorRateHigh
 LATENCY_P99_THRESHOLD_SECONDS = 0.25  # PredictionLatencyHigh
+WINDOWS = ("2m", "15m", "1h", "6h")  # every model-quality record exists once per window (name suffix)
+OUTLIER_RATIO_THRESHOLD = 0.2  # ModelOutlierRatioHigh: the size of a problem worth a page
+FEATURE_MEAN_TOLERANCE = 0.05  # ModelInputFeatureMeanDrift
+CHI2_DISTANCE_THRESHOLD = 0.1  # ModelInputFeatureDistributionDrift, on the bias-corrected distance
+CLASS_SHARE_TOLERANCE = 0.1  # ModelPredictedClassShareDrift
+EVIDENCE_Z = 5  # every model-quality alert: the evidence, in standard errors
+MIN_PREDICTIONS = 30  # fewest predictions a window's verdict rests on
+MIN_PREDICTIONS_DISTRIBUTION = 100  # ... for the distribution's verdict
+
+# Model-quality record names (docs/design.md); those of a window end in it.
+PREDICTIONS = "job_model_version:model_predictions:increase"
+OUTLIER_RATIO = "job_model_version:model_outliers:ratio_rate"
+OUTLIER_EXCESS_Z = "job_model_version:model_outliers:ratio_excess_zscore"
+TRAINING_OUTLIER_RATIO = "job_model_version:model_training_outlier_ratio:max"
+MEAN = "job_model_version_feature:model_input_feature_value:mean"
+TRAINING_MEAN = "job_model_version_feature:model_feature_training_mean:max"
+MEAN_DEVIATION = "job_model_version_feature:model_input_feature_value:mean_deviation_ratio"
+MEAN_Z = "job_model_version_feature:model_input_feature_value:mean_deviation_zscore"
+CHI2_EXCESS = "job_model_version_feature:model_input_feature_value:chisq_distance_excess"
+CHI2_Z = "job_model_version_feature:model_input_feature_value:chisq_zscore"
+LABEL_RATIO = "job_model_version_predicted_label:model_predictions:ratio_rate"
+TRAINING_LABEL_RATIO = "job_model_version_predicted_label:model_training_predicted_label_ratio:max"
+LABEL_Z = "job_model_version_predicted_label:model_predictions:ratio_deviation_zscore"
 
 # Alerts by label (the categories of prometheus/rules/): the service's own two, and every other one
 # (infrastructure: exporters, host), which the Prediction service dashboard shows whatever its job.
@@ -135,6 +154,7 @@ def timeseries(
     min_value: float | None = None,
     max_value: float | None = None,
     axis_label: str = "",
+    log_scale: bool = False,
     overrides: list[dict] | None = None,
 ) -> dict:
     defaults: dict = {
@@ -147,6 +167,7 @@ def timeseries(
             "showPoints": "never",
             "spanNulls": False,
             "thresholdsStyle": {"mode": thresholds_style},
+            "scaleDistribution": {"type": "log", "log": 10} if log_scale else {"type": "linear"},
         },
         "thresholds": threshold_steps or thresholds("green"),
     }
@@ -534,31 +555,49 @@ def prediction_service() -> dict:
     )
 
 
+def model_selector(record: str, *matchers: str) -> str:
+    return selector(record, JOB, MODEL_VERSION, *matchers)
+
+
+def per_window(record: str, legend: str, *matchers: str) -> list[dict]:
+    """One target per window of the record (its name ends in the window), the window in the legend."""
+    return [
+        target(model_selector(f"{record}{window}", *matchers), f"{legend} {window}") for window in WINDOWS
+    ]
+
+
+def z_lines(*, two_sided: bool) -> dict:
+    if two_sided:
+        return thresholds("red", (-EVIDENCE_Z, "green"), (EVIDENCE_Z, "red"))
+    return thresholds("green", (EVIDENCE_Z, "red"))
+
+
+EVIDENCE = (
+    f"The line is {EVIDENCE_Z} standard errors, the evidence every model-quality alert needs (about one "
+    "false page a year, docs/runbook.md); a window pages when both its size and its evidence are past "
+    "their lines for 30 s."
+)
+
+
 def feature_panels(feature: str) -> list[dict]:
-    """The 2-minute mean of one feature against its training mean and the tolerance band, and its values."""
+    """One feature's mean in every window against its training mean and the tolerance band, and its
+    values in the training-decile buckets."""
     feature_matcher = f'feature="{feature}"'
-    training_mean = selector(
-        "job_model_version_feature:model_feature_training_mean:max", JOB, MODEL_VERSION, feature_matcher
-    )
+    training_mean = model_selector(TRAINING_MEAN, feature_matcher)
     tolerance = f"{FEATURE_MEAN_TOLERANCE:.0%}"
+    means = per_window(MEAN, "{{model_version}} mean over", feature_matcher)
+    band = len(means) + 1  # the index of the first band target, after the means and the training mean
     return [
         timeseries(
             f"{feature}: mean vs training mean",
-            f"Mean input value of {feature} over 2 minutes (recording rule "
-            "job_model_version_feature:model_input_feature_value:mean2m) against its mean over the training "
-            f"data. The dashed lines are the training mean ±{tolerance}: ModelInputFeatureMeanDrift fires "
-            "when the window mean stays outside them.",
+            f"Mean input value of {feature} over each window (recording rules "
+            f"{MEAN}<window>, window {', '.join(WINDOWS)}) against its mean over the training data. The "
+            f"dashed lines are the training mean ±{tolerance}: ModelInputFeatureMeanDrift fires when a "
+            "window's mean is outside them with enough evidence (Feature mean evidence). Short windows "
+            "move fast and are noisy; long ones are steady and slow.",
             "short",
             [
-                target(
-                    selector(
-                        "job_model_version_feature:model_input_feature_value:mean2m",
-                        JOB,
-                        MODEL_VERSION,
-                        feature_matcher,
-                    ),
-                    "{{model_version}} mean over 2m",
-                ),
+                *means,
                 target(training_mean, "{{model_version}} training mean"),
                 target(
                     f"{training_mean} * {1 + FEATURE_MEAN_TOLERANCE:g}",
@@ -570,16 +609,33 @@ def feature_panels(feature: str) -> list[dict]:
                 ),
             ],
             axis_label="cm",
-            overrides=[dashed("C", "orange"), dashed("D", "orange")],
+            overrides=[dashed(chr(ord("A") + band), "orange"), dashed(chr(ord("A") + band + 1), "orange")],
         ),
         bucket_heatmap(
             f"{feature}: input value distribution",
-            f"Input values of {feature} per bucket of model_input_feature_value: a shifted or widened "
-            "distribution shows drift the mean alone can hide. Darker cells hold more values.",
+            f"Input values of {feature} per bucket of model_input_feature_value, whose edges are the "
+            "feature's training deciles (metadata.json): without drift every bucket holds about a tenth of "
+            "the values. A shifted, widened or split distribution shows drift the mean alone can hide. "
+            "Darker cells hold more values.",
             selector("model_input_feature_value_bucket", JOB, INSTANCE, MODEL_VERSION, feature_matcher),
             y_unit="short",
             y_label="cm",
         ),
+    ]
+
+
+def window_panels(title: str, description: str, unit: str, record: str, legend: str, **options) -> list[dict]:
+    """One quarter-width panel per window, side by side, so every window reads on its own scale."""
+    return [
+        timeseries(
+            f"{title} over {window}",
+            description.replace("WINDOW", window) + f" Recording rule {record}{window}.",
+            unit,
+            [target(model_selector(f"{record}{window}"), legend)],
+            width=GRID_WIDTH // len(WINDOWS),
+            **options,
+        )
+        for window in WINDOWS
     ]
 
 
@@ -589,58 +645,52 @@ def model_monitoring() -> dict:
     panels = [
         row("Alerts"),
         firing_alerts_table(),
-        row("Model quality"),
-        timeseries(
-            "Outlier ratio over 2m",
-            "Share of the last 2 minutes' predictions that the outlier detector flagged (recording rule "
-            f"job_model_version:model_outliers:ratio_rate2m). The line is the {threshold} threshold of "
-            "ModelOutlierRatioHigh.",
-            "percentunit",
-            [
-                target(
-                    selector("job_model_version:model_outliers:ratio_rate2m", JOB, MODEL_VERSION),
-                    "{{model_version}}",
-                )
-            ],
-            threshold_steps=thresholds("green", (OUTLIER_RATIO_THRESHOLD, "red")),
+        row("Outliers and traffic"),
+        *(
+            timeseries(
+                f"Outlier ratio over {window}",
+                f"Share of the last {window}'s predictions that the outlier detector flagged (recording rule "
+                f"{OUTLIER_RATIO}{window}) and, dashed, the share it flags in the training data "
+                f"({TRAINING_OUTLIER_RATIO}). The line is the {threshold} of ModelOutlierRatioHigh: the size "
+                "of a problem worth a page; the alert also needs the evidence (below).",
+                "percentunit",
+                [
+                    target(model_selector(f"{OUTLIER_RATIO}{window}"), "{{model_version}}"),
+                    target(model_selector(TRAINING_OUTLIER_RATIO), "{{model_version}} training"),
+                ],
+                width=GRID_WIDTH // len(WINDOWS),
+                threshold_steps=thresholds("green", (OUTLIER_RATIO_THRESHOLD, "red")),
+                thresholds_style="line",
+                min_value=0,
+                overrides=[dashed("B", "text")],
+            )
+            for window in WINDOWS
+        ),
+        *window_panels(
+            "Outlier evidence",
+            f"Standard errors by which the outlier share of the last WINDOW exceeds {threshold}: "
+            f"(share - t) / sqrt(t (1 - t) / n) with t = {OUTLIER_RATIO_THRESHOLD:g}, negative while the "
+            f"share is below {threshold}. " + EVIDENCE,
+            "none",
+            OUTLIER_EXCESS_Z,
+            "{{model_version}}",
+            threshold_steps=z_lines(two_sided=False),
             thresholds_style="line",
-            min_value=0,
         ),
         timeseries(
-            "Predictions in window",
-            "Predictions made in the last 2 minutes (recording rule job_model_version:model_predictions:"
-            f"increase2m). The dashed lines are the minimum samples of the model quality alerts: "
-            f"ModelOutlierRatioHigh needs {MIN_PREDICTIONS_OUTLIER_RATIO} predictions in the window, "
-            f"ModelInputFeatureMeanDrift {MIN_PREDICTIONS_FEATURE_MEAN}; below them the alert stays silent.",
+            "Predictions per window",
+            f"Predictions n in each window (recording rules {PREDICTIONS}<window>; logarithmic axis): what "
+            "every verdict rests on. Low traffic gathers its evidence in the long windows. The dashed lines "
+            f"are the fewest predictions a window's verdict counts with: {MIN_PREDICTIONS} (outliers, mean, "
+            f"class share) and {MIN_PREDICTIONS_DISTRIBUTION} (distribution).",
             "short",
-            [
-                target(
-                    selector("job_model_version:model_predictions:increase2m", JOB, MODEL_VERSION),
-                    "{{model_version}}",
-                )
-            ],
+            per_window(PREDICTIONS, "{{model_version}}"),
             threshold_steps=thresholds(
-                "red", (MIN_PREDICTIONS_OUTLIER_RATIO, "orange"), (MIN_PREDICTIONS_FEATURE_MEAN, "green")
+                "red", (MIN_PREDICTIONS, "orange"), (MIN_PREDICTIONS_DISTRIBUTION, "green")
             ),
             thresholds_style="dashed",
-            min_value=0,
-        ),
-        timeseries(
-            "Predicted class share",
-            "Share of each predicted class over 2 minutes (recording rule job_model_version_predicted_label:"
-            "model_predictions:ratio_rate2m). A class that grows or vanishes is a sign of drift in the "
-            "inputs or of a broken model.",
-            "percentunit",
-            [
-                target(
-                    selector(
-                        "job_model_version_predicted_label:model_predictions:ratio_rate2m", JOB, MODEL_VERSION
-                    ),
-                    "{{model_version}} {{predicted_label}}",
-                )
-            ],
-            min_value=0,
-            max_value=1,
+            log_scale=True,
+            axis_label="predictions",
         ),
         bucket_heatmap(
             "Outlier score distribution",
@@ -650,44 +700,104 @@ def model_monitoring() -> dict:
             y_unit="short",
             y_label="score",
         ),
-        row("Input drift"),
-        timeseries(
-            "Feature mean deviation from training",
-            "(mean over 2 minutes − training mean) / training mean, per feature (recording rule "
-            "job_model_version_feature:model_input_feature_value:mean_deviation_ratio2m). The lines are the "
-            f"±{tolerance} tolerance of ModelInputFeatureMeanDrift.",
-            "percentunit",
-            [
-                target(
-                    selector(
-                        "job_model_version_feature:model_input_feature_value:mean_deviation_ratio2m",
-                        JOB,
-                        MODEL_VERSION,
+        row("Predicted classes"),
+        *(
+            timeseries(
+                f"Predicted class share over {window}",
+                f"Share of each predicted class among the last {window}'s predictions (recording rule "
+                f"{LABEL_RATIO}{window}) and, dashed, its share in the training data "
+                f"({TRAINING_LABEL_RATIO}). ModelPredictedClassShareDrift fires when a class is more than "
+                f"{CLASS_SHARE_TOLERANCE:g} (10 percentage points) off its training share with enough "
+                "evidence (below).",
+                "percentunit",
+                [
+                    target(model_selector(f"{LABEL_RATIO}{window}"), "{{model_version}} {{predicted_label}}"),
+                    target(
+                        model_selector(TRAINING_LABEL_RATIO), "{{model_version}} {{predicted_label}} training"
                     ),
-                    "{{model_version}} {{feature}}",
-                )
-            ],
-            width=GRID_WIDTH,
+                ],
+                width=GRID_WIDTH // len(WINDOWS),
+                min_value=0,
+                max_value=1,
+                overrides=[dashed("B", "text")],
+            )
+            for window in WINDOWS
+        ),
+        *window_panels(
+            "Predicted class share evidence",
+            "Standard errors of each class's share in the last WINDOW from its training share q: "
+            "(share - q) / sqrt(q (1 - q) / n). " + EVIDENCE,
+            "none",
+            LABEL_Z,
+            "{{model_version}} {{predicted_label}}",
+            threshold_steps=z_lines(two_sided=True),
+            thresholds_style="line",
+        ),
+        row("Input drift: means"),
+        *window_panels(
+            "Feature mean deviation",
+            "(mean over the last WINDOW − training mean) / training mean, per feature, signed. The lines are "
+            f"the ±{tolerance} of ModelInputFeatureMeanDrift: the size of a drift worth a page.",
+            "percentunit",
+            MEAN_DEVIATION,
+            "{{model_version}} {{feature}}",
             threshold_steps=thresholds(
                 "red", (-FEATURE_MEAN_TOLERANCE, "green"), (FEATURE_MEAN_TOLERANCE, "red")
             ),
             thresholds_style="line",
         ),
+        *window_panels(
+            "Feature mean evidence",
+            "Standard errors of each feature's mean over the last WINDOW from its training mean: "
+            "(mean - training mean) × sqrt(n) / training standard deviation. " + EVIDENCE,
+            "none",
+            MEAN_Z,
+            "{{model_version}} {{feature}}",
+            threshold_steps=z_lines(two_sided=True),
+            thresholds_style="line",
+        ),
+        row("Input drift: distributions"),
+        *window_panels(
+            "Feature distribution distance",
+            "Chi-square distance of each feature's values over the last WINDOW from its training shares "
+            "in the training-decile buckets, sum of (share - training share)² / training share, less the "
+            "value it has without drift on so few values, (buckets - 1)(1/n + 1/N). The line is the "
+            f"{CHI2_DISTANCE_THRESHOLD:g} of ModelInputFeatureDistributionDrift (PSI's moderate shift).",
+            "none",
+            CHI2_EXCESS,
+            "{{model_version}} {{feature}}",
+            threshold_steps=thresholds("green", (CHI2_DISTANCE_THRESHOLD, "red")),
+            thresholds_style="line",
+        ),
+        *window_panels(
+            "Feature distribution evidence",
+            "Pearson's chi-square statistic n × distance of each feature over the last WINDOW as standard "
+            "errors from no drift (Wilson-Hilferty transform). " + EVIDENCE,
+            "none",
+            CHI2_Z,
+            "{{model_version}} {{feature}}",
+            threshold_steps=z_lines(two_sided=False),
+            thresholds_style="line",
+        ),
+        row("Input values by feature"),
         *(item for feature in FEATURES for item in feature_panels(feature)),
     ]
+    graphs = [item["title"] for item in panels if item["type"] in ("timeseries", "heatmap")]
     model_scope = [MODEL_QUALITY, JOB, MODEL_VERSION]
     annotations = [
         alert_annotation(
             "Model quality alerts",
-            [*model_scope, 'feature=""'],
+            [*model_scope, 'feature=""', 'predicted_label=""'],
             "{{severity}}: {{alertname}}, model {{model_version}} ({{job}})",
             "orange",
-            (
-                "Outlier ratio over 2m",
-                "Predictions in window",
-                "Predicted class share",
-                "Outlier score distribution",
-            ),
+            tuple(title for title in graphs if title.startswith(("Outlier ", "Predictions "))),
+        ),
+        alert_annotation(
+            "Class share alerts",
+            [*model_scope, 'predicted_label=~".+"'],
+            "{{severity}}: {{alertname}} of {{predicted_label}}, model {{model_version}} ({{job}})",
+            "blue",
+            tuple(title for title in graphs if title.startswith("Predicted class share")),
         ),
         *(
             alert_annotation(
@@ -695,10 +805,7 @@ def model_monitoring() -> dict:
                 [*model_scope, f'feature="{feature}"'],
                 "{{severity}}: {{alertname}} of {{feature}}, model {{model_version}} ({{job}})",
                 "purple",
-                (
-                    "Feature mean deviation from training",
-                    *(item["title"] for item in feature_panels(feature)),
-                ),
+                tuple(title for title in graphs if title.startswith(("Feature ", f"{feature}: "))),
             )
             for feature in FEATURES
         ),
@@ -706,7 +813,9 @@ def model_monitoring() -> dict:
     return dashboard(
         "model-monitoring",
         "Model monitoring",
-        "Quality of the model's predictions and drift of its inputs (model_quality alerts).",
+        "Quality of the model's predictions and drift of its inputs in every window of the model-quality "
+        "alerts (2m, 15m, 1h, 6h): the size of each problem, the evidence for it, and the predictions it "
+        "rests on.",
         panels,
         annotations,
     )

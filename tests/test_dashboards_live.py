@@ -55,11 +55,12 @@ def missing_results(stack: Stack) -> list[tuple[str, str, str]]:
 def test_every_dashboard_query_returns_data_from_real_prometheus(stack: Stack, model_dir: Path) -> None:
     send_traffic_to_every_endpoint(stack.url("service"))
     # Ratios of rates exist only while predictions keep coming: a steady trickle, bounded in time.
-    traffic = SteadyTraffic(stack.url("service"), model_dir, rate=20, max_seconds=120)
+    traffic = SteadyTraffic(stack.url("service"), model_dir, rate=20, max_seconds=240)
     traffic.start()
     try:
-        # rules over rate windows need two scrapes (10 s apart) and an evaluation after them
-        poll(lambda: not missing_results(stack), 90, "every dashboard query to return data", interval=2.0)
+        # Rules over rate windows need two scrapes (10 s apart) and an evaluation after them; the longest
+        # window's group is evaluated every 2 minutes (prometheus/generate_rules.py's WINDOWS).
+        poll(lambda: not missing_results(stack), 200, "every dashboard query to return data", interval=2.0)
     except AssertionError:
         pytest.fail(f"queries without data: {missing_results(stack)}")
     finally:

@@ -27,9 +27,7 @@ ALERTMANAGER_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasource
 LOKI_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "datasources" / "loki.yml"
 DASHBOARD_PROVISIONING = REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DESIGN = (REPO_ROOT / "docs" / "design.md").read_text(encoding="utf-8")
-RECORDING_RULES = REPO_ROOT / "prometheus" / "rules" / "recording_rules.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "prometheus" / "prometheus.yml"
-ALERT_RULES = REPO_ROOT / "prometheus" / "rules" / "alert_rules.yml"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 PROMETHEUS_EVALUATION_INTERVAL = "10s"
 GRAPH_TYPES = {"timeseries", "heatmap"}  # the panel types that draw annotations
@@ -37,14 +35,33 @@ GRAPH_TYPES = {"timeseries", "heatmap"}  # the panel types that draw annotations
 DASHBOARD_BY_CATEGORY = {"service_health": "prediction-service", "model_quality": "model-monitoring"}
 INFRASTRUCTURE_DASHBOARD = "prediction-service"
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))  # what prometheus.yml loads
+
+MODEL_QUALITY_ALERTS = [
+    "ModelOutlierRatioHigh",
+    "ModelInputFeatureMeanDrift",
+    "ModelInputFeatureDistributionDrift",
+    "ModelPredictedClassShareDrift",
+]
+WINDOWS = ("2m", "15m", "1h", "6h")  # the model-quality windows (held to the rules' below)
+
+
+def per_window(title: str, alerts: list[str]) -> dict[tuple[str, str], list[str]]:
+    return {("model-monitoring", f"{title} over {window}"): alerts for window in WINDOWS}
+
 
 # Panels that draw threshold lines, and the alerts whose thresholds they are.
 PANEL_ALERTS = {
     ("prediction-service", "Error ratio"): ["PredictionErrorRateHigh"],
     ("prediction-service", "Request latency p50 / p90 / p99"): ["PredictionLatencyHigh"],
-    ("model-monitoring", "Outlier ratio over 2m"): ["ModelOutlierRatioHigh"],
-    ("model-monitoring", "Predictions in window"): ["ModelOutlierRatioHigh", "ModelInputFeatureMeanDrift"],
-    ("model-monitoring", "Feature mean deviation from training"): ["ModelInputFeatureMeanDrift"],
+    **per_window("Outlier ratio", ["ModelOutlierRatioHigh"]),
+    **per_window("Outlier evidence", ["ModelOutlierRatioHigh"]),
+    ("model-monitoring", "Predictions per window"): MODEL_QUALITY_ALERTS,
+    **per_window("Predicted class share evidence", ["ModelPredictedClassShareDrift"]),
+    **per_window("Feature mean deviation", ["ModelInputFeatureMeanDrift"]),
+    **per_window("Feature mean evidence", ["ModelInputFeatureMeanDrift"]),
+    **per_window("Feature distribution distance", ["ModelInputFeatureDistributionDrift"]),
+    **per_window("Feature distribution evidence", ["ModelInputFeatureDistributionDrift"]),
 }
 
 # Series Prometheus makes itself, not part of the service's metric contract.
@@ -76,7 +93,13 @@ def design_dashboards() -> dict[str, str]:
 
 
 def design_recording_rules() -> set[str]:
-    return set(re.findall(r"^\| `([a-z_]+:[a-z0-9_:]+)` \|", DESIGN, re.MULTILINE))
+    """The records of the design note's table; a name with `<window>` stands for one per window."""
+    rows = re.findall(r"^\| `([a-z_]+:[a-z0-9_:<>]+)` \|", DESIGN, re.MULTILINE)
+    return {
+        row.replace("<window>", window)
+        for row in rows
+        for window in (WINDOWS if "<window>" in row else ("",))
+    }
 
 
 def design_metric_series() -> set[str]:
@@ -97,12 +120,42 @@ def design_features() -> list[str]:
     return re.findall(r"`(\w+)`", re.search(r"Features: ([^.]+)\.", DESIGN)[1])
 
 
+def all_rules() -> list[dict]:
+    assert RULE_FILES, "no rule files in prometheus/rules/"
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def record_exprs() -> dict[str, list[str]]:
+    """record name → its expressions (a record may have several rules, told apart by labels)."""
+    exprs: dict[str, list[str]] = {}
+    for rule in all_rules():
+        if "record" in rule:
+            exprs.setdefault(rule["record"], []).append(rule["expr"])
+    return exprs
+
+
 def alert_numbers(alert_names: list[str]) -> set[float]:
-    """Every number in the expressions of the named alerts (label values aside)."""
-    assert ALERT_RULES.exists(), f"{ALERT_RULES} is missing"
-    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
-    exprs = {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"] if "alert" in rule}
-    return {float(number) for name in alert_names for number in NUMBER.findall(STRING.sub('""', exprs[name]))}
+    """Every number in the expressions of the named alerts and of the records they read, transitively
+    (the model-quality alerts read per-window verdicts, whose records hold the thresholds); label values
+    aside."""
+    records = record_exprs()
+    alerts = {rule["alert"]: rule["expr"] for rule in all_rules() if "alert" in rule}
+    pending = [alerts[name] for name in alert_names]
+    seen: set[str] = set()
+    numbers: set[float] = set()
+    while pending:
+        expr = pending.pop()
+        numbers |= {float(number) for number in NUMBER.findall(STRING.sub('""', expr))}
+        for series, _ in promql_series(expr):
+            if series in records and series not in seen:
+                seen.add(series)
+                pending.extend(records[series])
+    return numbers
 
 
 def provisioned_datasource(path=DATASOURCE_PROVISIONING) -> dict:
@@ -312,9 +365,7 @@ def test_dashboards_use_only_recording_rules_of_the_design_note():
 
 
 def test_dashboards_use_only_recording_rules_that_exist():
-    assert RECORDING_RULES.exists(), f"{RECORDING_RULES} is missing"
-    groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
-    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    recorded = set(record_exprs())
     used = {
         series for _, _, expr in raw_dashboard_queries() for series, _ in promql_series(expr) if ":" in series
     }
@@ -343,7 +394,7 @@ def test_threshold_lines_are_the_thresholds_of_the_alerts():
 
 def test_feature_mean_bands_are_the_drift_tolerance():
     (tolerance,) = {
-        abs(number) for number in alert_numbers(["ModelInputFeatureMeanDrift"]) if abs(number) < 1
+        abs(number) for number in alert_numbers(["ModelInputFeatureMeanDrift"]) if 0 < abs(number) < 1
     }
     band_factors = {
         float(factor)
@@ -358,8 +409,31 @@ def test_every_feature_of_the_design_note_has_its_panels():
     queries = [expr for _, _, expr in raw_dashboard_queries()]
     for feature in design_features():
         feature_queries = [expr for expr in queries if f'feature="{feature}"' in expr]
-        assert any("mean2m" in expr for expr in feature_queries), feature
+        for window in WINDOWS:
+            assert any(f"model_input_feature_value:mean{window}{{" in expr for expr in feature_queries), (
+                feature,
+                window,
+            )
         assert any("model_input_feature_value_bucket" in expr for expr in feature_queries), feature
+
+
+def test_windows_are_those_of_the_model_quality_rules():
+    verdict_windows = {rule["labels"]["window"] for rule in all_rules() if "window" in rule.get("labels", {})}
+    assert verdict_windows == set(WINDOWS)
+
+
+def test_model_quality_records_are_shown_in_every_window_or_none():
+    """A per-window record on the dashboards is there for each window: no window is left out."""
+    records = set(record_exprs())
+    used = {
+        series for _, _, expr in raw_dashboard_queries() for series, _ in promql_series(expr) if ":" in series
+    }
+    for name in used:
+        for window in WINDOWS:
+            base = name.removesuffix(window)
+            if base != name and all(base + other in records for other in WINDOWS):
+                missing = {base + other for other in WINDOWS} - used
+                assert not missing, f"the dashboards show {name} but not {sorted(missing)}"
 
 
 def test_dashboard_queries_returns_every_target_and_variable_with_variables_substituted():
@@ -491,13 +565,16 @@ def test_drift_alerts_shade_their_feature_s_panels_only():
                     if name == "feature"
                 }
                 assert features == {feature}, panel["title"]
-    every_feature = {
-        value
-        for annotation in drawn["Feature mean deviation from training"]
-        for name, _, value in MATCHER.findall(annotation["target"]["expr"])
-        if name == "feature"
-    }
-    assert every_feature == set(design_features())
+    overviews = [panel["title"] for panel in graph_panels(dashboard) if panel["title"].startswith("Feature ")]
+    assert overviews
+    for title in overviews:  # the per-window panels of every feature at once
+        every_feature = {
+            value
+            for annotation in drawn[title]
+            for name, _, value in MATCHER.findall(annotation["target"]["expr"])
+            if name == "feature"
+        }
+        assert every_feature == set(design_features()), title
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
