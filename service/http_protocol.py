@@ -13,25 +13,38 @@ It also shuts down more gently. When a worker stops (gunicorn's max_requests, SI
 idle keep-alive connection at once, and a request the client had already sent on it is reset. Here an idle
 connection stays open for a short grace period, and a request that arrives meanwhile is answered with
 `Connection: close`.
+
+And it lets a client that sends its whole body before reading read a refusal. A body over the limit is
+answered 413 before it is read; when the client asked for `Connection: close` (Python's urllib always
+does), uvicorn then closes a socket whose unread data makes the kernel send a reset, and such a client,
+still sending, sees "connection reset by peer" instead of the 413. Here, as in nginx's lingering close, the
+answer is followed by a half-close, and the rest of the body is read and discarded until the client closes,
+up to LINGER_MAX_BYTES or LINGER_MAX_SECONDS.
 """
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 IDLE_CLOSE_GRACE_SECONDS = 0.1  # a request already on the wire arrives well within this on loopback/LAN
+# Bounds of the discarding after an early answer (nginx: lingering_time 30s): a 20 MiB upload fits either.
+LINGER_MAX_BYTES = 64 * 1024 * 1024
+LINGER_MAX_SECONDS = 30.0
 
 
 class HeadWithBodyTransport:
     """The transport of one request-response cycle."""
 
-    __slots__ = ("_transport", "_cycle", "_head", "_head_written")
+    __slots__ = ("_transport", "_cycle", "_head", "_head_written", "_linger")
 
-    def __init__(self, transport: Any, cycle: RequestResponseCycle) -> None:
+    def __init__(self, transport: Any, cycle: RequestResponseCycle, linger: Callable[[], None]) -> None:
         self._transport = transport
         self._cycle = cycle
         self._head: bytes | None = None
         self._head_written = False
+        self._linger = linger
 
     def write(self, data: bytes) -> None:
         if not self._head_written:
@@ -48,7 +61,10 @@ class HeadWithBodyTransport:
         if self._head is not None:
             self._transport.write(self._head)
             self._head = None
-        self._transport.close()
+        if self._cycle.more_body and not self._transport.is_closing():  # the body is still coming
+            self._linger()
+        else:
+            self._transport.close()
 
     def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the real transport's
         return getattr(self._transport, name)
@@ -64,7 +80,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if self._shutting_down:
                 cycle.keep_alive = False
             # a stand-in, not an asyncio.Transport subclass: it hands every other attribute to the real one
-            cycle.transport = HeadWithBodyTransport(self.transport, cycle)  # type: ignore[assignment]
+            cycle.transport = HeadWithBodyTransport(  # type: ignore[assignment]
+                self.transport, cycle, self._linger
+            )
+
+    def _linger(self) -> None:
+        """Half-close (the answer is complete), then hand the connection to a protocol that discards."""
+        if isinstance(self.transport.get_protocol(), DiscardingProtocol):
+            return
+        self.transport.write_eof()
+        self.transport.set_protocol(DiscardingProtocol(self, self.loop))
+        self.flow.resume_reading()  # reading may be paused on a full body buffer
 
     def _idle(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -81,3 +107,29 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         else:  # a request arrived during the grace period: close after answering it
             self.cycle.keep_alive = False
+
+
+class DiscardingProtocol(asyncio.Protocol):
+    """Reads and drops what a client still sends after its answer, then closes (see the module's doc).
+
+    The HTTP protocol it replaces still gets `connection_lost`, for uvicorn's connection bookkeeping.
+    """
+
+    def __init__(self, http: CoalescingHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self._http = http
+        self._transport = http.transport
+        self._left = LINGER_MAX_BYTES
+        self._deadline = loop.call_later(LINGER_MAX_SECONDS, self._transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._http._unset_keepalive_if_required()  # uvicorn's idle timer would cut a slow upload short
+        self._left -= len(data)
+        if self._left < 0:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the client has sent everything and read the answer: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        self._http.connection_lost(exc)

@@ -20,11 +20,18 @@ class FakeTransport:
 
 class FakeCycle:
     response_started = False
+    more_body = False  # the request body has been received whole
+
+    def __init__(self) -> None:
+        self.lingered = 0
+
+    def linger(self) -> None:  # stands for the protocol's, which the transport calls instead of closing
+        self.lingered += 1
 
 
 def transport() -> tuple[HeadWithBodyTransport, FakeTransport, FakeCycle]:
     real, cycle = FakeTransport(), FakeCycle()
-    return HeadWithBodyTransport(real, cycle), real, cycle  # type: ignore[arg-type]
+    return HeadWithBodyTransport(real, cycle, cycle.linger), real, cycle  # type: ignore[arg-type]
 
 
 def test_head_and_first_body_chunk_are_one_write_and_later_chunks_follow_as_they_come() -> None:
@@ -53,6 +60,15 @@ def test_closing_after_the_head_writes_the_head_then_closes() -> None:
     wrapped.write(b"head")
     wrapped.close()
     assert (real.writes, real.closed) == ([b"head"], True)
+
+
+def test_closing_while_the_request_body_still_comes_lingers_instead() -> None:
+    wrapped, real, cycle = transport()
+    cycle.response_started = True
+    cycle.more_body = True
+    wrapped.write(b"head")
+    wrapped.close()
+    assert (real.writes, real.closed, cycle.lingered) == ([b"head"], False, 1)
 
 
 def test_other_attributes_are_the_real_transports() -> None:
