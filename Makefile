@@ -1,4 +1,5 @@
-# `make run`: the service, Prometheus and Alertmanager on this machine (no Docker); Ctrl-C stops all.
+# `make run`: the service, its blackbox and node exporters, Prometheus and Alertmanager on this machine
+# (no Docker); Ctrl-C stops all.
 # `make drill`: in a second terminal, 3 minutes of 40% outlier traffic to the running stack.
 # `make test`: create the virtual environment, install everything and run every test.
 # `make test-fast`: the same without the tests that start real servers (markers e2e and serving).
@@ -10,12 +11,16 @@ PIP_INSTALL := $(VENV)/bin/pip install --quiet
 MODEL_DIR ?= models
 PYTEST_ARGS ?=
 
+# The Debian packages `make run` runs besides Prometheus and Alertmanager (which ensure-debian-packages
+# always checks); the tests also validate docker-compose.yml with docker-compose and use chromium.
+RUN_PACKAGES := prometheus-node-exporter prometheus-blackbox-exporter
+
 .PHONY: run drill test test-fast bench train lint generate clean debian-packages
 
 # `make run` installs what it and its tour run: the service, training, the stack and `service logs`
 # (no test tools, no docker-compose).
 run: $(VENV)/.installed-run $(MODEL_DIR)/metadata.json
-	./scripts/ensure-debian-packages
+	./scripts/ensure-debian-packages $(RUN_PACKAGES)
 	$(PY) -m stack run
 
 drill: $(VENV)/.installed-run $(MODEL_DIR)/metadata.json
@@ -61,7 +66,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/pip
 	touch $@ $(VENV)/.installed-run
 
 debian-packages:
-	./scripts/ensure-debian-packages docker-compose chromium
+	./scripts/ensure-debian-packages $(RUN_PACKAGES) docker-compose chromium
 
 clean:
 	rm -rf .run $(MODEL_DIR)

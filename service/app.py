@@ -29,7 +29,7 @@ from service.http_metrics import HttpMetricsMiddleware
 from service.metrics import ServiceMetrics
 from service.model import Model
 from service.multiproc_compaction import multiprocess_registry
-from service.prediction_log import PredictionLog, RotatingFileSink, StreamSink
+from service.prediction_log import PredictionLog, RotatingFileSink, StreamSink, mount_point
 from service.prediction_routes import PredictionRoute
 from service.predictor import Answer, Outcome, Predictor, job_id_for
 from service.settings import Settings
@@ -132,7 +132,7 @@ def metrics_exposition(metrics: ServiceMetrics) -> bytes:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         # gunicorn workers each write their own files: merge them on every scrape
-        return generate_latest(multiprocess_registry(Path(directory)))
+        return generate_latest(multiprocess_registry(Path(directory), os.getppid()))
     return generate_latest(metrics.registry)
 
 
@@ -188,6 +188,8 @@ def create_app(
         log = prediction_log
         if log is None and settings.prediction_log_enabled:
             log = open_prediction_log(settings)
+            if settings.log_file is not None and settings.metrics_enabled:
+                metrics.prediction_log_filesystem_info.labels(str(mount_point(settings.log_file))).set(1)
         state["predictor"] = Predictor(
             model, settings.max_batch_rows, metrics if settings.metrics_enabled else None, log
         )

@@ -20,9 +20,13 @@ does), uvicorn then closes a socket whose unread data makes the kernel send a re
 still sending, sees "connection reset by peer" instead of the 413. Here, as in nginx's lingering close, the
 answer is followed by a half-close, and the rest of the body is read and discarded until the client closes,
 up to LINGER_MAX_BYTES or LINGER_MAX_SECONDS.
+
+Each worker also samples its requests in flight (uvicorn's running request tasks) once a second, for the
+`http_requests_in_flight` gauge: a timer, so the request path does not pay for it.
 """
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +36,8 @@ IDLE_CLOSE_GRACE_SECONDS = 0.1  # a request already on the wire arrives well wit
 # Bounds of the discarding after an early answer (nginx: lingering_time 30s): a 20 MiB upload fits either.
 LINGER_MAX_BYTES = 64 * 1024 * 1024
 LINGER_MAX_SECONDS = 30.0
+IN_FLIGHT_SAMPLE_SECONDS = 1.0
+_sampled_servers: "weakref.WeakSet[Any]" = weakref.WeakSet()  # one sampler per uvicorn server state
 
 
 class HeadWithBodyTransport:
@@ -70,8 +76,25 @@ class HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
+def sample_requests_in_flight(loop: asyncio.AbstractEventLoop, tasks: set[Any]) -> None:
+    # imported here: the gunicorn master imports this module before PROMETHEUS_MULTIPROC_DIR is set
+    from service.worker_metrics import http_requests_in_flight
+
+    def sample() -> None:
+        http_requests_in_flight.set(len(tasks))
+        loop.call_later(IN_FLIGHT_SAMPLE_SECONDS, sample)
+
+    sample()
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _shutting_down = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.server_state not in _sampled_servers:
+            _sampled_servers.add(self.server_state)
+            sample_requests_in_flight(self.loop, self.server_state.tasks)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()  # creates self.cycle and schedules (does not yet run) its ASGI task

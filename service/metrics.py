@@ -1,4 +1,5 @@
-"""The metric contract: every metric the service exports is declared here, with its help text and buckets.
+"""The metric contract: every metric the service exports is declared here, with its help text and buckets
+(the worker process metrics, which the gunicorn master records too, are in `service.worker_metrics`).
 
 Children are bound once per label set so the request path never looks labels up, and histogram children
 find their bucket by bisection. Histograms of many values (a batch) are filled with one numpy pass instead
@@ -301,6 +302,14 @@ class ServiceMetrics:
             "model_info",
             "The loaded model (always 1).",
             ["model_version", "classifier", "outlier_detector"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.prediction_log_filesystem_info = Gauge(
+            "prediction_log_filesystem_info",
+            "The mount point of the filesystem holding the prediction log file (always 1), to find its disk "
+            "among the node exporter's filesystems.",
+            ["mountpoint"],
             multiprocess_mode="livemax",
             registry=registry,
         )

@@ -67,8 +67,12 @@ class LockedMultiProcessCollector(MultiProcessCollector):
             return list(super().collect())
 
 
-def multiprocess_registry(directory: Path) -> CollectorRegistry:
-    """A registry that reads every worker's metric files (and the archives) at each collection."""
+def multiprocess_registry(directory: Path, master_pid: int) -> CollectorRegistry:
+    """A registry that reads every worker's metric files (and the archives) at each collection, and the
+    /proc figures of the workers of the gunicorn master `master_pid`."""
+    from service.worker_metrics import WorkerProcessCollector
+
     registry = CollectorRegistry()
     LockedMultiProcessCollector(registry, directory)
+    registry.register(WorkerProcessCollector(directory, master_pid))
     return registry

@@ -189,6 +189,14 @@ class PredictionLog:
         self._sink.close()
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that holds `path` (the node exporter's `mountpoint` label)."""
+    directory = path.resolve().parent
+    while not os.path.ismount(directory):
+        directory = directory.parent
+    return directory
+
+
 def truncate_body(body: bytes) -> str:
     text = body.decode("utf-8", errors="replace")
     if len(text) <= MAX_LOGGED_BODY_CHARS:

@@ -29,13 +29,31 @@ def reset_multiproc_dir(path: str) -> None:
     os.makedirs(path)
 
 
+# The hooks import prometheus_client and the metric modules only when they run, in the master or a worker,
+# after `serve` has set PROMETHEUS_MULTIPROC_DIR.
+
+
+def _pre_fork(server: Any, worker: Any) -> None:
+    from service.worker_metrics import assign_slot
+
+    assign_slot(server, worker)
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    from service.worker_metrics import record_slot
+
+    record_slot(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), worker.slot, worker.pid)
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     from service.multiproc_compaction import fold_dead_worker
+    from service.worker_metrics import record_exit
 
     multiprocess.mark_process_dead(worker.pid)
     fold_dead_worker(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), worker.pid)
+    record_exit(worker)
 
 
 def load_service_app(settings: Settings) -> Any:
@@ -44,17 +62,22 @@ def load_service_app(settings: Settings) -> Any:
     return create_app(settings)
 
 
-def _serve_metrics_port(host: str, port: int) -> Callable[[Any], None]:
-    """gunicorn `when_ready` hook: the master serves /metrics on its own port, apart from the API."""
+def _when_ready(settings: Settings) -> Callable[[Any], None]:
+    """gunicorn `when_ready` hook: the master records the capacity and, with SERVICE_METRICS_PORT, serves
+    /metrics on its own port, apart from the API."""
 
     def when_ready(server: Any) -> None:
         from prometheus_client import start_http_server
 
         from service.multiproc_compaction import multiprocess_registry
+        from service.worker_metrics import service_workers
 
-        registry = multiprocess_registry(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-        start_http_server(port, addr=host, registry=registry)
-        server.log.info("metrics on http://%s:%s/metrics", host, port)
+        service_workers.set(settings.workers)
+        if settings.metrics_port is None:
+            return
+        registry = multiprocess_registry(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), os.getpid())
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        server.log.info("metrics on http://%s:%s/metrics", settings.host, settings.metrics_port)
 
     return when_ready
 
@@ -75,14 +98,15 @@ class GunicornServer(BaseApplication):
             "worker_class": f"{Worker.__module__}.{Worker.__qualname__}",
             "max_requests": settings.max_requests,
             "max_requests_jitter": settings.max_requests // 10,
+            "pre_fork": _pre_fork,
+            "post_fork": _post_fork,
             "child_exit": _child_exit,
+            "when_ready": _when_ready(settings),
             "graceful_timeout": 10,
             "keepalive": 5,
             # gunicorn 22+ opens a control socket in $HOME by default; two instances would collide
             "control_socket_disable": True,
         }
-        if settings.metrics_port is not None:
-            options["when_ready"] = _serve_metrics_port(settings.host, settings.metrics_port)
         for key, value in options.items():
             self.cfg.set(key, value)
 

@@ -1,4 +1,5 @@
-"""`python -m stack run`: the service, Prometheus and Alertmanager on 127.0.0.1 until Ctrl-C or SIGTERM.
+"""`python -m stack run`: the service, the blackbox and node exporters, Prometheus and Alertmanager on
+127.0.0.1 until Ctrl-C or SIGTERM.
 
 With no Slack webhook configured, a local Slack stand-in receives Alertmanager's messages and prints them.
 The runbook that the alerts link to is served on --docs-port.
@@ -56,10 +57,15 @@ def print_where_everything_is(stack: Stack, run_dir: Path, slack: str) -> None:
             f"{prometheus_page(prometheus, 'alerts')}  (graph: {prometheus_page(prometheus, 'graph')})",
         ),
         ("alertmanager", stack.url("alertmanager")),
+        ("blackbox", f"{stack.url('blackbox')}  (probes the API from outside)"),
+        ("node exporter", f"{stack.url('node')}/metrics  (the machine)"),
         ("runbook", stack.runbook_page),
         ("slack", slack),
         ("prediction log", f"{shell_path(run_dir / 'predictions.jsonl')}  (one JSON line per request)"),
-        ("process logs", f"{shell_path(run_dir)}/{{service,prometheus,alertmanager}}.log"),
+        (
+            "process logs",
+            f"{shell_path(run_dir)}/{{service,prometheus,alertmanager,blackbox-exporter,node-exporter}}.log",
+        ),
         ("drill", f"in another terminal: {drill_command(service, stack.model_dir)}"),
         ("stop", "Ctrl-C here stops everything"),
     ]
@@ -88,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             model_dir=args.model_dir.resolve(),
             slack_webhook_url_file=webhook_file.resolve(),
-            ports=Ports(args.service_port, args.prometheus_port, args.alertmanager_port, args.docs_port),
+            ports=Ports(
+                service=args.service_port,
+                prometheus=args.prometheus_port,
+                alertmanager=args.alertmanager_port,
+                docs=args.docs_port,
+                blackbox=args.blackbox_port,
+                node=args.node_port,
+            ),
         )
         stack.start()
         print_where_everything_is(stack, run_dir, slack)
@@ -131,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--service-port", type=int, default=8000)
     start.add_argument("--prometheus-port", type=int, default=9090)
     start.add_argument("--alertmanager-port", type=int, default=9093)
+    start.add_argument("--blackbox-port", type=int, default=9115, help="port of the blackbox exporter")
+    start.add_argument("--node-port", type=int, default=9100, help="port of the node exporter")
     start.add_argument("--slack-port", type=int, default=9099, help="port of the local Slack stand-in")
     start.add_argument("--docs-port", type=int, default=9098, help="port of the runbook (docs) server")
     start.set_defaults(handler=run)

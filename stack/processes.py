@@ -1,4 +1,5 @@
-"""Start the service, Prometheus and Alertmanager as child processes on 127.0.0.1, and stop them.
+"""Start the service, its two exporters, Prometheus and Alertmanager as child processes on 127.0.0.1, and
+stop them.
 
 Beside them, in this process, the docs server that the alerts' runbook links lead to.
 """
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import httpx
 
-from stack.configs import render_alertmanager_config, render_prometheus_config
+from stack.configs import BLACKBOX_CONFIG, render_alertmanager_config, render_prometheus_config
 from stack.docs_server import RUNBOOK_PATH, DocsServer
 
+# The node exporter's collectors (docker-compose.yml runs the same): the machine's CPU, memory, filesystems
+# and network, and nothing the dashboards and alerts do not read.
+NODE_EXPORTER_COLLECTORS = ["cpu", "meminfo", "filesystem", "netdev", "loadavg"]
 SERVICE_JOB = "prediction-service"
 
 
@@ -79,15 +83,27 @@ def require_binary(name: str) -> str:
 
 @dataclass
 class Ports:
+    """The ports on 127.0.0.1; the defaults are the shipped configs' (`localhost:8000`, ...)."""
+
     service: int = 8000
     prometheus: int = 9090
     alertmanager: int = 9093
     docs: int = 9098
+    blackbox: int = 9115
+    node: int = 9100
+
+    def addresses(self) -> dict[str, str]:
+        """Each shipped address of prometheus.yml, and where this stack's process listens instead."""
+        defaults = Ports()
+        return {
+            f"localhost:{getattr(defaults, name)}": f"127.0.0.1:{getattr(self, name)}"
+            for name in ("service", "prometheus", "alertmanager", "blackbox", "node")
+        }
 
 
 @dataclass
 class Stack:
-    """The three processes of the product, their data in `run_dir`, all on 127.0.0.1, and the docs server.
+    """The processes of the product, their data in `run_dir`, all on 127.0.0.1, and the docs server.
 
     No Grafana runs here, so the alerts carry no dashboard link (prometheus.yml's `grafana_url` is left out).
     """
@@ -138,16 +154,36 @@ class Stack:
         process, log = self._spawn("service", [sys.executable, "-m", "service", "serve"], env)
         wait_until_ready(self.url("service") + "/ready", process, log)
 
+    def start_blackbox_exporter(self) -> None:
+        process, log = self._spawn(
+            "blackbox-exporter",
+            [
+                require_binary("prometheus-blackbox-exporter"),
+                f"--config.file={BLACKBOX_CONFIG}",
+                f"--web.listen-address=127.0.0.1:{self.ports.blackbox}",
+            ],
+        )
+        wait_until_ready(self.url("blackbox") + "/-/healthy", process, log)
+
+    def start_node_exporter(self) -> None:
+        process, log = self._spawn(
+            "node-exporter",
+            [
+                require_binary("prometheus-node-exporter"),
+                f"--web.listen-address=127.0.0.1:{self.ports.node}",
+                "--collector.disable-defaults",
+                *(f"--collector.{name}" for name in NODE_EXPORTER_COLLECTORS),
+            ],
+        )
+        wait_until_ready(self.url("node") + "/metrics", process, log)
+
     def start_prometheus(self) -> None:
+        metrics_port = self.service_env.get("SERVICE_METRICS_PORT")
         config = render_prometheus_config(
-            {
-                SERVICE_JOB: f"127.0.0.1:{self.ports.service}",
-                "prometheus": f"127.0.0.1:{self.ports.prometheus}",
-                "alertmanager": f"127.0.0.1:{self.ports.alertmanager}",
-            },
-            f"127.0.0.1:{self.ports.alertmanager}",
+            self.ports.addresses(),
             self.run_dir / "prometheus.yml",
             external_labels={"runbook_page": self.runbook_page},
+            scrape_targets={SERVICE_JOB: f"127.0.0.1:{metrics_port}"} if metrics_port else None,
             rule_files=self.rule_files,
         )
         process, log = self._spawn(
@@ -183,6 +219,8 @@ class Stack:
             self.docs.start("127.0.0.1", self.ports.docs)
             self.start_alertmanager()
             self.start_service()
+            self.start_blackbox_exporter()
+            self.start_node_exporter()
             self.start_prometheus()
         except BaseException:
             self.stop()
@@ -221,6 +259,6 @@ def stack_on_free_ports(
         run_dir=run_dir,
         model_dir=model_dir,
         slack_webhook_url_file=webhook_file,
-        ports=Ports(free_port(), free_port(), free_port(), free_port()),
+        ports=Ports(*(free_port() for _ in range(6))),
         service_env=service_env or {},
     )

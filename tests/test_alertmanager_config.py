@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import poll
 
 from stack.processes import free_port, require_binary, wait_until_ready
 from stack.slack_receiver import SlackReceiver
@@ -110,6 +111,25 @@ def test_route_groups_by_alert_and_job_and_notifies_within_a_minute() -> None:
             {"alertname": "PredictionLatencyHigh", "severity": "warning", "category": "service_health"},
             "slack-service-health",
         ),
+        *(
+            (
+                {"alertname": name, "severity": "critical", "category": "service_health"},
+                "slack-service-health",
+            )
+            for name in (
+                "PredictionEndpointProbeFailing",
+                "PredictionServiceUnreachable",
+                "ServiceWorkersCrashLooping",
+                "ServiceRequestsQueueing",
+            )
+        ),
+        *(
+            (
+                {"alertname": name, "severity": "critical", "category": "infrastructure"},
+                "slack-service-health",
+            )
+            for name in ("HostOutOfMemory", "HostCpuSaturated", "PredictionLogDiskFillingUp")
+        ),
         ({"alertname": "SomethingElse", "severity": "warning"}, "slack-default"),
     ],
     ids=lambda value: value.get("alertname") if isinstance(value, dict) else value,
@@ -193,6 +213,21 @@ def test_service_down_inhibits_the_other_service_health_alerts_of_the_same_job()
         "target_matchers": ['category="service_health"', 'alertname!="PredictionServiceDown"'],
         "equal": ["job"],
     } in inhibit_rules()
+
+
+def test_service_unreachable_inhibits_the_predict_probe_alert_of_the_same_job() -> None:
+    assert {
+        "source_matchers": ['alertname="PredictionServiceUnreachable"'],
+        "target_matchers": ['alertname="PredictionEndpointProbeFailing"'],
+        "equal": ["job"],
+    } in inhibit_rules()
+
+
+def test_no_host_alert_inhibits_anything() -> None:
+    sources = [rule["source_matchers"] for rule in inhibit_rules()]
+    assert [
+        matchers for matchers in sources if any("infrastructure" in m or "Host" in m for m in matchers)
+    ] == []
 
 
 def test_critical_inhibits_the_warning_of_the_same_alert_and_job() -> None:
@@ -653,3 +688,79 @@ def test_alertmanager_sends_firing_then_resolved_message_to_slack(alertmanager: 
     attachment = resolved["attachments"][0]
     assert (resolved["channel"], attachment["color"]) == ("#ml-model-quality", "good")
     assert attachment["text"].startswith("*Resolved:* ") and DRIFT_DESCRIPTION not in attachment["text"]
+
+
+def posted_alert(labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "labels": labels,
+        "annotations": {"summary": labels["alertname"], "description": "d", "runbook_url": RUNBOOK_URL},
+        "startsAt": datetime.now(UTC).isoformat(),
+    }
+
+
+def alert_states(alertmanager: RunningAlertmanager) -> dict[str, str]:
+    alerts = httpx.get(f"{alertmanager.url}/api/v2/alerts", timeout=5).json()
+    return {alert["labels"]["alertname"]: alert["status"]["state"] for alert in alerts}
+
+
+SERVICE = {"job": "prediction-service", "category": "service_health", "severity": "critical"}
+HOST = {"job": "node", "instance": "127.0.0.1:9100", "category": "infrastructure", "severity": "critical"}
+MODEL = {
+    "job": "prediction-service",
+    "model_version": "v1",
+    "category": "model_quality",
+    "severity": "critical",
+}
+
+
+def wait_for_states(alertmanager: RunningAlertmanager, expected: dict[str, str]) -> None:
+    # Alertmanager marks an alert suppressed when its group is flushed (after group_wait, 10s).
+    try:
+        poll(lambda: alert_states(alertmanager) == expected, 30, f"alert states {expected}", 0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; they are {alert_states(alertmanager)}") from error
+
+
+SILENCED_BY_DOWN = [
+    "PredictionEndpointProbeFailing",
+    "PredictionServiceUnreachable",
+    "ServiceWorkersCrashLooping",
+    "ServiceRequestsQueueing",
+    "ModelOutlierRatioHigh",
+]
+
+
+@pytest.mark.e2e
+def test_a_down_service_silences_its_probe_process_and_model_alerts(
+    alertmanager: RunningAlertmanager,
+) -> None:
+    alertmanager.post_alerts(
+        [
+            posted_alert({"alertname": "PredictionServiceDown", "instance": "127.0.0.1:8000", **SERVICE}),
+            *(posted_alert({"alertname": name, **SERVICE}) for name in SILENCED_BY_DOWN[:-1]),
+            posted_alert({"alertname": "ModelOutlierRatioHigh", **MODEL}),
+        ]
+    )
+    wait_for_states(
+        alertmanager, {"PredictionServiceDown": "active", **dict.fromkeys(SILENCED_BY_DOWN, "suppressed")}
+    )
+    alertmanager.wait_for_title("[FIRING:1] PredictionServiceDown", timeout=20)
+    titles = [message["payload"]["attachments"][0]["title"] for message in alertmanager.slack.messages]
+    assert [title for title in titles if any(name in title for name in SILENCED_BY_DOWN)] == []
+
+
+@pytest.mark.e2e
+def test_a_host_alert_hides_no_model_alert(alertmanager: RunningAlertmanager) -> None:
+    alertmanager.post_alerts(
+        [
+            posted_alert({"alertname": "HostOutOfMemory", **HOST}),
+            posted_alert({"alertname": "HostCpuSaturated", **HOST, "severity": "warning"}),
+            posted_alert({"alertname": "ModelOutlierRatioHigh", **MODEL}),
+        ]
+    )
+    for title in ("[FIRING:1] HostOutOfMemory", "[FIRING:1] ModelOutlierRatioHigh"):
+        alertmanager.wait_for_title(title, timeout=20)
+    wait_for_states(
+        alertmanager,
+        {"HostOutOfMemory": "active", "HostCpuSaturated": "active", "ModelOutlierRatioHigh": "active"},
+    )

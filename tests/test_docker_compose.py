@@ -20,6 +20,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from stack.processes import NODE_EXPORTER_COLLECTORS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -210,14 +212,15 @@ def test_prometheus_does_not_wait_for_the_service_it_must_alert_about():
     assert "api" not in services()["prometheus"].get("depends_on", {})
 
 
-def test_service_prometheus_and_alertmanager_share_the_pod_network_namespace():
+def test_service_exporters_prometheus_and_alertmanager_share_the_pod_network_namespace():
     all_services = services()
-    pods = {pod_of(all_services[name]) for name in ("api", "prometheus", "alertmanager")}
+    members = ("api", "prometheus", "alertmanager", "blackbox-exporter", "node-exporter")
+    pods = {pod_of(all_services[name]) for name in members}
     assert len(pods) == 1 and None not in pods
     pod = all_services[pods.pop()]
-    assert published_container_ports(pod) == {8000, 9090, 9093}
+    assert published_container_ports(pod) == {8000, 9090, 9093, 9100, 9115}
     assert network_aliases(pod) >= {"api", "prometheus", "alertmanager"}
-    for name in ("api", "prometheus", "alertmanager"):
+    for name in members:
         assert "ports" not in all_services[name], f"{name}: publish its port on the pod"
 
 
@@ -238,6 +241,14 @@ def test_prometheus_config_targets_reach_the_same_processes_in_compose():
         for static in alertmanager.get("static_configs", [])
     ]
     targets = [target for static in static_configs for target in static["targets"]]
+    # The probes' URLs name the service's address; the relabelling sends the scrape to the exporter.
+    targets = [urlsplit(target).netloc if "://" in target else target for target in targets]
+    targets += [
+        relabel["replacement"]
+        for scrape in config.get("scrape_configs", [])
+        for relabel in scrape.get("relabel_configs", [])
+        if relabel.get("target_label") == "__address__"
+    ]
     assert targets
     for target in targets:
         host, _, port = target.rpartition(":")
@@ -245,6 +256,31 @@ def test_prometheus_config_targets_reach_the_same_processes_in_compose():
             assert int(port) in published_container_ports(pod), f"{target}: nothing listens there in compose"
         else:
             assert host in resolvable, f"{target}: {host} does not resolve in compose"
+
+
+def test_make_run_installs_the_binaries_the_stack_runs_and_not_docker_compose():
+    run_packages = re.search(r"^RUN_PACKAGES := (.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    assert run_packages, "no RUN_PACKAGES line in the Makefile"
+    required = set(
+        re.findall(r'require_binary\("([\w-]+)"\)', (REPO_ROOT / "stack" / "processes.py").read_text())
+    )
+    # prometheus and prometheus-alertmanager: ensure-debian-packages always checks them
+    assert required - {"prometheus", "prometheus-alertmanager"} == set(run_packages[1].split())
+    assert "docker-compose" not in run_packages[1]
+
+
+def test_node_exporter_runs_the_collectors_of_the_local_stack():
+    command = services()["node-exporter"]["command"]
+    assert "--collector.disable-defaults" in command
+    assert [flag.removeprefix("--collector.") for flag in command if flag.startswith("--collector.")][1:] == (
+        NODE_EXPORTER_COLLECTORS
+    )
+
+
+def test_blackbox_exporter_reads_the_shipped_modules():
+    blackbox = services()["blackbox-exporter"]
+    assert "./blackbox/blackbox.yml:/etc/blackbox_exporter/blackbox.yml:ro" in blackbox["volumes"]
+    assert "--config.file=/etc/blackbox_exporter/blackbox.yml" in blackbox["command"]
 
 
 def provisioned_datasources() -> list[dict]:

@@ -25,6 +25,7 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 DASHBOARD_PATH_BY_CATEGORY = {
     "model_quality": "/d/model-monitoring/model-monitoring",
     "service_health": "/d/prediction-service/prediction-service",
+    "infrastructure": "/d/prediction-service/prediction-service",
 }
 REQUIRED_ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
 
@@ -87,7 +88,7 @@ def test_promtool_unit_tests_pass(promtool: str, test_file: Path):
 # ------------------------------------------------------------------------------------ prometheus.yml
 
 
-def test_config_scrapes_the_three_jobs_with_one_static_target_each():
+def test_config_scrapes_the_service_its_probes_the_machine_and_the_monitoring():
     config = load_yaml(CONFIG_FILE)
     assert config["global"]["scrape_interval"] == "10s"
     assert config["global"]["evaluation_interval"] == "10s"
@@ -97,11 +98,35 @@ def test_config_scrapes_the_three_jobs_with_one_static_target_each():
     }
     assert targets == {
         "prediction-service": ["localhost:8000"],
+        "prediction-service-probe": [
+            "http://localhost:8000/health",
+            "http://localhost:8000/ready",
+            "http://localhost:8000/predict",
+        ],
+        "node": ["localhost:9100"],
         "prometheus": ["localhost:9090"],
         "alertmanager": ["localhost:9093"],
     }
     assert config["rule_files"] == ["rules/*.yml"]
     assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["localhost:9093"]}]}]
+
+
+def test_probes_go_through_the_blackbox_exporter_with_one_module_per_endpoint():
+    probes = next(
+        job for job in load_yaml(CONFIG_FILE)["scrape_configs"] if job["job_name"].endswith("-probe")
+    )
+    modules = {
+        target: static["labels"]["__param_module"]
+        for static in probes["static_configs"]
+        for target in static["targets"]
+    }
+    assert modules == {
+        "http://localhost:8000/health": "http_get_ok",
+        "http://localhost:8000/ready": "http_get_ok",
+        "http://localhost:8000/predict": "http_predict",
+    }
+    assert probes["metrics_path"] == "/probe"
+    assert {"target_label": "__address__", "replacement": "localhost:9115"} in probes["relabel_configs"]
 
 
 # ----------------------------------------------------------------------------------- design contract

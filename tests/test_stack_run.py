@@ -42,7 +42,7 @@ class StackRun:
     process: subprocess.Popen
     console: Path
     ports: dict[str, int]
-    children: set[int]  # the service, Prometheus and Alertmanager: each leads its own process group
+    children: set[int]  # the service, the two exporters, Prometheus, Alertmanager: each leads its group
 
     def printed(self) -> str:
         return self.console.read_text()
@@ -53,6 +53,8 @@ class StackRun:
             f"http://127.0.0.1:{self.ports['prometheus']}/-/ready",
             f"http://127.0.0.1:{self.ports['alertmanager']}/-/ready",
             f"http://127.0.0.1:{self.ports['docs']}/docs/runbook.md",
+            f"http://127.0.0.1:{self.ports['blackbox']}/-/healthy",
+            f"http://127.0.0.1:{self.ports['node']}/metrics",
         ]
 
 
@@ -63,7 +65,8 @@ def start_stack_run(tmp_path: Path, model_dir: Path) -> Iterator[Callable[[bool]
     started: list[StackRun] = []
 
     def start(sigint_ignored: bool) -> StackRun:
-        ports = {name: free_port() for name in ("service", "prometheus", "alertmanager", "slack", "docs")}
+        names = ("service", "prometheus", "alertmanager", "slack", "docs", "blackbox", "node")
+        ports = {name: free_port() for name in names}
         console = tmp_path / "console.txt"
         with console.open("wb") as output:
             process = subprocess.Popen(
@@ -128,12 +131,12 @@ def test_stack_run_serves_all_parts_prints_links_that_exist_and_stops_everything
     run = start_stack_run(sigint_ignored)
     assert all(answers(url) for url in run.ready_urls())
     printed = run.printed()
-    for name in ("service", "prometheus", "alertmanager", "docs"):
+    for name in ("service", "prometheus", "alertmanager", "docs", "blackbox", "node"):
         assert f"http://127.0.0.1:{run.ports[name]}" in printed
     assert "messages print here" in printed  # no webhook file: the local Slack stand-in is used
     assert re.search(r"^prediction log +\S*run/predictions\.jsonl", printed, re.M), printed
     assert_every_printed_link_opens_a_page(printed)
-    assert len(run.children) == 3 and all(group_exists(pgid) for pgid in run.children)
+    assert len(run.children) == 5 and all(group_exists(pgid) for pgid in run.children)
 
     run.process.send_signal(stop_signal)
     assert run.process.wait(timeout=60) == 0, run.printed()
