@@ -61,6 +61,11 @@ CHI2_Z = "job_model_version_feature:model_input_feature_value:chisq_zscore"
 LABEL_RATIO = "job_model_version_predicted_label:model_predictions:ratio_rate"
 TRAINING_LABEL_RATIO = "job_model_version_predicted_label:model_training_predicted_label_ratio:max"
 LABEL_Z = "job_model_version_predicted_label:model_predictions:ratio_deviation_zscore"
+HOST_CPU_THRESHOLD = 0.9  # HostCpuSaturated
+HOST_MEMORY_THRESHOLD = 0.9  # HostOutOfMemory
+LOG_DISK_FREE_THRESHOLD = 0.25  # PredictionLogDiskFillingUp
+YOUNG_WORKER_EXITS_THRESHOLD = 3  # ServiceWorkersCrashLooping (exits within 60 s of the start, in 10m)
+IN_FLIGHT_PER_WORKER_THRESHOLD = 1  # ServiceRequestsQueueing
 
 # Alerts by label (the categories of prometheus/rules/): the service's own two, and every other one
 # (infrastructure: exporters, host), which the Prediction service dashboard shows whatever its job.
@@ -74,6 +79,8 @@ EVALUATION_INTERVAL = "10s"
 # Label matchers for the template variables. Multi-value and "All" variables need `=~`; recording rules
 # are aggregated by job and have no instance label, so they are filtered on job (and model_version) only.
 JOB = 'job="$job"'
+PROBE_JOB = 'job="$job-probe"'  # the blackbox probes of the service (prometheus/prometheus.yml)
+NODE_JOB = 'job="node"'
 INSTANCE = 'instance=~"$instance"'
 MODEL_VERSION = 'model_version=~"$model_version"'
 
@@ -529,6 +536,7 @@ def prediction_service() -> dict:
             min_value=0,
         ),
     ]
+    panels += probe_panels() + machine_and_process_panels()
     graphs = tuple(item["title"] for item in panels if item["type"] in ("timeseries", "heatmap"))
     annotations = [
         alert_annotation(
@@ -549,10 +557,218 @@ def prediction_service() -> dict:
     return dashboard(
         "prediction-service",
         "Prediction service",
-        "Health of the prediction service: traffic, errors and latency (service_health alerts).",
+        "Health of the prediction service: traffic, errors and latency, the service from outside (blackbox "
+        "probes), the machine and the worker processes (service_health and infrastructure alerts).",
         panels,
         annotations,
     )
+
+
+def probe_panels() -> list[dict]:
+    return [
+        row("Probes from outside"),
+        panel(
+            "stat",
+            "Probe results",
+            "The last blackbox probe of each endpoint, called as a client would (GET /health, GET /ready, "
+            "POST /predict with the sample row, which must answer a prediction). FAIL on /predict for a "
+            "minute while up is 1 fires PredictionEndpointProbeFailing; every probe failing fires "
+            "PredictionServiceUnreachable.",
+            "none",
+            [target(selector("probe_success", PROBE_JOB), "{{endpoint}}")],
+            width=8,
+            defaults={
+                "mappings": [
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "FAIL", "color": "red", "index": 0},
+                            "1": {"text": "OK", "color": "green", "index": 1},
+                        },
+                    }
+                ],
+                "thresholds": thresholds("red", (1, "green")),
+                "noValue": "no probe",
+            },
+            options={
+                "colorMode": "background",
+                "graphMode": "none",
+                "justifyMode": "auto",
+                "orientation": "auto",
+                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "textMode": "value_and_name",
+            },
+        ),
+        timeseries(
+            "Probe duration",
+            "Time the blackbox exporter took for each probe, connection to last byte "
+            "(probe_duration_seconds); a probe gives up after 5 s.",
+            "s",
+            [target(selector("probe_duration_seconds", PROBE_JOB), "{{endpoint}}")],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Probe HTTP status",
+            "The status code each probe got (probe_http_status_code); 0 is no answer within the timeout.",
+            "none",
+            [target(selector("probe_http_status_code", PROBE_JOB), "{{endpoint}}")],
+            width=8,
+            min_value=0,
+        ),
+    ]
+
+
+def machine_and_process_panels() -> list[dict]:
+    worker = (JOB, INSTANCE)
+    young_exits = selector("service_worker_lifetime_seconds_bucket", *worker, 'le="60.0"')
+    return [
+        row("Machine and processes"),
+        timeseries(
+            "Host CPU utilisation",
+            "Share of the machine's CPU time not idle over 5 minutes (recording rule "
+            f"instance:node_cpu_utilisation:rate5m). The line is the {HOST_CPU_THRESHOLD:.0%} threshold of "
+            "HostCpuSaturated (for 10 minutes).",
+            "percentunit",
+            [target(selector("instance:node_cpu_utilisation:rate5m", NODE_JOB), "{{instance}}")],
+            width=8,
+            threshold_steps=thresholds("green", (HOST_CPU_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+            max_value=1,
+        ),
+        timeseries(
+            "Host memory utilisation",
+            "Share of the machine's memory not available (recording rule instance:node_memory_utilisation:"
+            f"ratio). The line is the {HOST_MEMORY_THRESHOLD:.0%} threshold of HostOutOfMemory (5 minutes).",
+            "percentunit",
+            [target(selector("instance:node_memory_utilisation:ratio", NODE_JOB), "{{instance}}")],
+            width=8,
+            threshold_steps=thresholds("green", (HOST_MEMORY_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+            max_value=1,
+        ),
+        timeseries(
+            "Prediction log disk free",
+            "Free share of the filesystem holding the prediction log (the service exports its mount point "
+            f"in prediction_log_filesystem_info). The line is the {LOG_DISK_FREE_THRESHOLD:.0%} of "
+            "PredictionLogDiskFillingUp, which also needs the last hour's trend to reach zero within 4 "
+            "hours.",
+            "percentunit",
+            [
+                target(
+                    f"{selector('node_filesystem_avail_bytes', NODE_JOB)} / "
+                    f"{selector('node_filesystem_size_bytes', NODE_JOB)} "
+                    f"and on (mountpoint) {selector('prediction_log_filesystem_info', JOB)}",
+                    "{{mountpoint}} ({{device}})",
+                )
+            ],
+            width=8,
+            threshold_steps=thresholds("red", (LOG_DISK_FREE_THRESHOLD, "green")),
+            thresholds_style="line",
+            min_value=0,
+            max_value=1,
+        ),
+        timeseries(
+            "Network traffic",
+            "Bytes per second received and sent by the machine's network interfaces, loopback aside.",
+            "Bps",
+            [
+                target(
+                    f"rate({selector('node_network_receive_bytes_total', NODE_JOB)}[$__rate_interval])",
+                    "{{device}} in",
+                ),
+                target(
+                    f"rate({selector('node_network_transmit_bytes_total', NODE_JOB)}[$__rate_interval])",
+                    "{{device}} out",
+                ),
+            ],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Worker CPU",
+            "CPU seconds per second of each gunicorn worker, by slot (service_worker_cpu_seconds_total): "
+            "1 is one core. A flat line under load is a stopped or hung worker.",
+            "percentunit",
+            [
+                target(
+                    f"rate({selector('service_worker_cpu_seconds_total', *worker)}[$__rate_interval])",
+                    "worker {{worker}}",
+                )
+            ],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Worker resident memory",
+            "Resident memory of each worker, by slot (service_worker_resident_memory_bytes): a leak is a "
+            "steady climb.",
+            "bytes",
+            [target(selector("service_worker_resident_memory_bytes", *worker), "worker {{worker}}")],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Worker open file descriptors",
+            "Open file descriptors of each worker, by slot (service_worker_open_fds): connections, the "
+            "prediction log, metric files.",
+            "none",
+            [target(selector("service_worker_open_fds", *worker), "worker {{worker}}")],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Worker uptime",
+            "Time since each slot's worker started (service_worker_start_time_seconds): a drop to zero is a "
+            "restart.",
+            "s",
+            [
+                target(
+                    f"time() - {selector('service_worker_start_time_seconds', *worker)}", "worker {{worker}}"
+                )
+            ],
+            width=8,
+            min_value=0,
+        ),
+        timeseries(
+            "Worker restarts",
+            "Workers that exited in the last 10 minutes, and those of them that had run for less than a "
+            f"minute (service_worker_lifetime_seconds). The line is the {YOUNG_WORKER_EXITS_THRESHOLD} young "
+            "exits of ServiceWorkersCrashLooping.",
+            "none",
+            [
+                target(
+                    f"sum(increase({selector('service_worker_lifetime_seconds_count', *worker)}[10m]))", "all"
+                ),
+                target(f"sum(increase({young_exits}[10m]))", "within a minute of the start"),
+            ],
+            width=12,
+            threshold_steps=thresholds("green", (YOUNG_WORKER_EXITS_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+        ),
+        timeseries(
+            "Requests in flight per worker",
+            "Requests read and not yet answered, per worker of capacity (http_requests_in_flight / "
+            "service_workers; each worker computes one request at a time, and samples its count once a "
+            f"second between requests). The line is the {IN_FLIGHT_PER_WORKER_THRESHOLD} of "
+            "ServiceRequestsQueueing, which judges the 5-minute average.",
+            "none",
+            [
+                target(
+                    f"sum({selector('http_requests_in_flight', *worker)}) / "
+                    f"sum({selector('service_workers', *worker)})",
+                    "in flight per worker",
+                )
+            ],
+            width=12,
+            threshold_steps=thresholds("green", (IN_FLIGHT_PER_WORKER_THRESHOLD, "red")),
+            thresholds_style="line",
+            min_value=0,
+        ),
+    ]
 
 
 def model_selector(record: str, *matchers: str) -> str:

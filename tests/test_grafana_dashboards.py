@@ -62,6 +62,11 @@ PANEL_ALERTS = {
     **per_window("Feature mean evidence", ["ModelInputFeatureMeanDrift"]),
     **per_window("Feature distribution distance", ["ModelInputFeatureDistributionDrift"]),
     **per_window("Feature distribution evidence", ["ModelInputFeatureDistributionDrift"]),
+    ("prediction-service", "Host CPU utilisation"): ["HostCpuSaturated"],
+    ("prediction-service", "Host memory utilisation"): ["HostOutOfMemory"],
+    ("prediction-service", "Prediction log disk free"): ["PredictionLogDiskFillingUp"],
+    ("prediction-service", "Worker restarts"): ["ServiceWorkersCrashLooping"],
+    ("prediction-service", "Requests in flight per worker"): ["ServiceRequestsQueueing"],
 }
 
 # Series Prometheus makes itself, not part of the service's metric contract.
@@ -108,7 +113,7 @@ def design_metric_series() -> set[str]:
     series = set()
     for name, kind in re.findall(r"^\| `([a-z_]+)` \| (counter|histogram|gauge)", DESIGN, re.MULTILINE):
         if kind == "counter":
-            series.add(f"{name}_total")
+            series.add(name if name.endswith("_total") else f"{name}_total")
         elif kind == "histogram":
             series |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         else:

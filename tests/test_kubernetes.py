@@ -349,14 +349,13 @@ def test_alertmanager_secret_is_the_shipped_routing_reading_the_slack_url_from_a
     config_file = alertmanager_dir / "alertmanager.yaml"
     result = amtool("check-config", str(config_file))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        "Found:\n - global config\n - route\n - 3 inhibit rules\n - 4 receivers\n - 1 templates"
-        in result.stdout
-    )
+    shipped = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    inhibit_rules = len(shipped["inhibit_rules"])
+    found = f" - route\n - {inhibit_rules} inhibit rules\n - 4 receivers\n - 1 templates"
+    assert f"Found:\n - global config\n{found}" in result.stdout
     config = yaml.safe_load(config_file.read_text())
     assert config["global"] == {"slack_api_url_file": config["global"]["slack_api_url_file"]}
     assert "slack.com" not in (DEPLOY / "alertmanager" / "secret.yaml").read_text()
-    shipped = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
     assert config["route"]["routes"][1:] == shipped["route"]["routes"]
     assert config["receivers"][:-1] == shipped["receivers"]
     assert config["inhibit_rules"] == shipped["inhibit_rules"]
