@@ -475,7 +475,7 @@ def selects(expr: str, labels: dict[str, str]) -> bool:
     """Whether the selector's matchers on the labels in `labels` hold (PromQL regexes are anchored);
     matchers on other labels, which only the firing alert has (job, feature...), are not judged here."""
     for name, operator, value in MATCHER.findall(expr):
-        if name not in labels:
+        if name not in labels or "$" in value:  # a dashboard variable (the probe alerts set job themselves)
             continue
         if operator == "=" and labels[name] != value or operator == "!=" and labels[name] == value:
             return False
