@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -93,6 +94,8 @@ def chosen_cases(args: argparse.Namespace, warm_up: float) -> list[scenarios.Cas
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # on SIGTERM too, unwind so that Prometheus is stopped and the work directory removed
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     output = args.output or (None if args.quick else REPO_ROOT / "bench" / "results" / "alerts.md")
     started = datetime.now(UTC)
     clock = Clock(args.quiet)
