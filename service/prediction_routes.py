@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from service.metrics import ServiceMetrics
-from service.predictor import Answer, Outcome, Predictor, job_id_for
+from service.predictor import PROBE_HEADER, Answer, Outcome, Predictor, job_id_for
 from service.validation import InvalidInput, Reason
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
@@ -86,6 +86,7 @@ class PredictionRoute:
         try:
             predictor = self._predictor()
             request_id = content_type = declared_length = None
+            probe = False
             for name, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
                 if name == b"content-type":
                     if content_type is None:
@@ -95,13 +96,17 @@ class PredictionRoute:
                         declared_length = value.decode("latin-1")
                 elif name == b"x-request-id" and request_id is None:
                     request_id = value.decode("latin-1")
+                elif name == PROBE_HEADER:
+                    probe = True
             job_id = job_id_for(request_id)
             try:
                 body = await read_body(receive, declared_length, self._max_body_bytes)
             except InvalidInput as error:
                 outcome = predictor.reject(self.path, error, b"", job_id, started)
             else:
-                outcome = predictor.handle_body(self.path, self._answer, body, content_type, job_id, started)
+                outcome = predictor.handle_body(
+                    self.path, self._answer, body, content_type, job_id, started, probe
+                )
             encoded = orjson.dumps(outcome.body)
             status = outcome.status_code
             response_started = True

@@ -734,3 +734,16 @@ def test_rows_the_model_cannot_score_are_rejected_not_answered_with_nan(model_di
     )
     (line,) = sink.lines()
     assert json.loads(line)["error"]["reason"] == "out_of_range"
+
+
+def test_a_probe_is_answered_and_logged_but_kept_out_of_the_model_metrics(service: Service) -> None:
+    response = service.client.post(
+        "/predict", json={"data": [ROW]}, headers={"X-Prediction-Probe": "blackbox"}
+    )
+    assert response.status_code == 200 and "prediction" in response.json()
+    assert service.model_value("model_predictions_total", predicted_label="setosa") == 0
+    assert service.model_value("model_input_feature_value_count", feature=FEATURE_NAMES[0]) == 0
+    assert service.value("http_requests_total", handler="/predict", method="POST", status="200") == 1
+    service.client.post("/predict", json={"data": [ROW]})
+    assert service.model_value("model_predictions_total", predicted_label="setosa") == 1
+    assert [record.get("probe") for record in service.log_records()] == [True, None]
