@@ -140,6 +140,41 @@ def panel(
     }
 
 
+def status_stat(
+    title: str, description: str, query: dict, texts: tuple[str, str], no_value: str, *, width: int
+) -> dict:
+    """A stat panel of a 0/1 series per instance or endpoint: red texts[0] for 0, green texts[1] for 1."""
+    return panel(
+        "stat",
+        title,
+        description,
+        "none",
+        [query],
+        width=width,
+        defaults={
+            "mappings": [
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": texts[0], "color": "red", "index": 0},
+                        "1": {"text": texts[1], "color": "green", "index": 1},
+                    },
+                }
+            ],
+            "thresholds": thresholds("red", (1, "green")),
+            "noValue": no_value,
+        },
+        options={
+            "colorMode": "background",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "textMode": "value_and_name",
+        },
+    )
+
+
 def row(title: str) -> dict:
     return {
         "type": "row",
@@ -446,35 +481,14 @@ def prediction_service() -> dict:
         row("Alerts"),
         firing_alerts_table(),
         row("Traffic and errors"),
-        panel(
-            "stat",
+        status_stat(
             "Instances up",
             "Whether Prometheus' last scrape of each instance succeeded (metric up). DOWN for a minute fires "
             "PredictionServiceDown.",
-            "none",
-            [target(selector("up", JOB, INSTANCE), "{{instance}}")],
+            target(selector("up", JOB, INSTANCE), "{{instance}}"),
+            ("DOWN", "UP"),
+            "no target",
             width=6,
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "DOWN", "color": "red", "index": 0},
-                            "1": {"text": "UP", "color": "green", "index": 1},
-                        },
-                    }
-                ],
-                "thresholds": thresholds("red", (1, "green")),
-                "noValue": "no target",
-            },
-            options={
-                "colorMode": "background",
-                "graphMode": "none",
-                "justifyMode": "auto",
-                "orientation": "auto",
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-            },
         ),
         timeseries(
             "Request rate by handler and status",
@@ -568,37 +582,16 @@ def prediction_service() -> dict:
 def probe_panels() -> list[dict]:
     return [
         row("Probes from outside"),
-        panel(
-            "stat",
+        status_stat(
             "Probe results",
             "The last blackbox probe of each endpoint, called as a client would (GET /health, GET /ready, "
             "POST /predict with the sample row, which must answer a prediction). FAIL on /predict for a "
             "minute while up is 1 fires PredictionEndpointProbeFailing; every probe failing fires "
             "PredictionServiceUnreachable.",
-            "none",
-            [target(selector("probe_success", PROBE_JOB), "{{endpoint}}")],
+            target(selector("probe_success", PROBE_JOB), "{{endpoint}}"),
+            ("FAIL", "OK"),
+            "no probe",
             width=8,
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "FAIL", "color": "red", "index": 0},
-                            "1": {"text": "OK", "color": "green", "index": 1},
-                        },
-                    }
-                ],
-                "thresholds": thresholds("red", (1, "green")),
-                "noValue": "no probe",
-            },
-            options={
-                "colorMode": "background",
-                "graphMode": "none",
-                "justifyMode": "auto",
-                "orientation": "auto",
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-            },
         ),
         timeseries(
             "Probe duration",
