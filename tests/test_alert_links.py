@@ -67,7 +67,8 @@ def rules_file(firing: bool) -> dict:
                     {
                         "alert": rule["alert"],
                         "expr": synthetic_expr(rule) if firing else "vector(1) == 0",
-                        "labels": rule.get("labels", {}),
+                        # the synthetic job, not a rule's own (an inhibition would hide the alert)
+                        "labels": {k: v for k, v in rule.get("labels", {}).items() if k != "job"},
                         "annotations": rule["annotations"],
                     }
                     for rule in ALERT_RULES
