@@ -11,6 +11,8 @@ Tables (views) of a `LogDatabase`, each limited to the time range and model vers
   `label`, `is_outlier`, `outlier_score`, and the request's `job_id`, `endpoint`, `model_version`,
   `status`, `latency_ms`, `timestamp`, `row_index` (the row's place in its request) and `file`.
 - `rejections`: one row per rejected request with `reason`, `message` and the `input` as received.
+- `probes`: the lines of synthetic checks (the blackbox exporter's, marked `"probe": true`), which the
+  other views leave out as the model metrics do: they are not the model's traffic.
 """
 
 import glob
@@ -41,6 +43,7 @@ LINE_COLUMNS = {
     "is_outlier": "BOOLEAN[]",
     "outlier_score": "DOUBLE[]",
     "error": "STRUCT(reason VARCHAR, message VARCHAR)",
+    "probe": "BOOLEAN",
 }
 LOG_FILE_SUFFIXES = (".jsonl", ".gz")  # the current file and its rotated parts (`name.jsonl.N.gz`)
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a batch of max_batch_rows rows is ~0.5 MB; room for larger settings
@@ -235,7 +238,7 @@ class LogDatabase:
             copy, message = salvaged
             readable.append(copy)
             self.report.damaged_files.append(message)
-        for view in ("rejections", "predictions", "lines_or_unreadable", "lines", "raw_lines"):
+        for view in ("rejections", "predictions", "lines_or_unreadable", "probes", "lines", "raw_lines"):
             self.connection.execute(f"DROP VIEW {view}")
         self._create_views(readable)
 
@@ -248,7 +251,8 @@ class LogDatabase:
             filters.append(f"timestamp < {to_sql_literal(self.until)}")
         if self.model_version is not None:
             filters.append(f"model_version = {to_sql_literal(self.model_version)}")
-        selected = " AND ".join(filters) or "true"
+        in_range = " AND ".join(filters) or "true"
+        selected = f"probe IS NOT TRUE AND {in_range}"
         if files:
             source = self._read_json(files)
         else:  # every file unreadable: empty tables, and the report says why
@@ -261,6 +265,10 @@ class LogDatabase:
             f"TRY_CAST(input AS DOUBLE[][]) AS input_rows FROM {source}"
         )
         sql(f"CREATE VIEW lines AS SELECT * EXCLUDE (readable) FROM raw_lines WHERE readable AND {selected}")
+        sql(
+            "CREATE VIEW probes AS SELECT * EXCLUDE (readable) FROM raw_lines "
+            f"WHERE readable AND probe AND {in_range}"
+        )
         # the selected lines and the unreadable ones, for the queries that count both in one pass
         sql(f"CREATE VIEW lines_or_unreadable AS SELECT * FROM raw_lines WHERE NOT readable OR ({selected})")
 

@@ -19,7 +19,11 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service.http_protocol import IDLE_CLOSE_GRACE_SECONDS, CoalescingHttpToolsProtocol
+from service.http_protocol import (
+    FIRST_REQUEST_GRACE_SECONDS,
+    IDLE_CLOSE_GRACE_SECONDS,
+    CoalescingHttpToolsProtocol,
+)
 from service.metrics import BoundHistogram, bind_counter, bind_histogram, child_with_buckets
 
 BUCKETS = (0.5, 1.0, 2.0)
@@ -218,11 +222,41 @@ def test_uvicorn_protocol_shutdown_answers_a_request_on_an_idle_connection_then_
 
 
 def test_uvicorn_protocol_shutdown_closes_a_connection_idle_for_the_grace_period() -> None:
-    async def idle() -> tuple[bool, bool]:
+    async def idle() -> tuple[bool, int]:
         protocol, transport = await connected()
+        protocol.data_received(REQUEST)
+        await until(lambda: answered(protocol), "the first response")
         protocol.shutdown()
         closed_at_once = transport.closed
         await until(lambda: transport.closed, f"the close after {IDLE_CLOSE_GRACE_SECONDS} s")
-        return closed_at_once, transport.writes == []
+        return closed_at_once, len(transport.writes)
 
-    assert asyncio.run(idle()) == (False, True)
+    assert asyncio.run(idle()) == (False, 1)
+
+
+def test_uvicorn_protocol_shutdown_waits_longer_for_a_new_connections_first_request() -> None:
+    """A client that connected just before the worker began to stop has not sent yet: slower than the idle
+    grace, its request is still answered (then the connection closes)."""
+
+    async def late_first_request() -> tuple[list[bytes], bool]:
+        protocol, transport = await connected()
+        protocol.shutdown()
+        await asyncio.sleep(3 * IDLE_CLOSE_GRACE_SECONDS)  # the slow client, on purpose
+        protocol.data_received(REQUEST)
+        await until(lambda: transport.closed, "the close after the answer")
+        return transport.writes, transport.closed
+
+    writes, closed = asyncio.run(late_first_request())
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nconnection: close\r\n" in writes[0].lower() and closed
+    assert 3 * IDLE_CLOSE_GRACE_SECONDS < FIRST_REQUEST_GRACE_SECONDS
+
+
+def test_uvicorn_protocol_shutdown_closes_a_new_connection_that_never_sends() -> None:
+    async def silent() -> list[bytes]:
+        protocol, transport = await connected()
+        protocol.shutdown()
+        await until(lambda: transport.closed, f"the close after {FIRST_REQUEST_GRACE_SECONDS} s")
+        return transport.writes
+
+    assert asyncio.run(silent()) == []

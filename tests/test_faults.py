@@ -336,7 +336,7 @@ def test_recycled_workers_leave_a_bounded_number_of_metric_files(recycle_run: Re
 @pytest.mark.serving
 def test_totals_stay_exact_across_recycling(recycle_run: RecycleRun) -> None:
     answered = len(recycle_run.load.ok)
-    # A request the recycling dropped never reached the app (see the xfail below): nothing to count.
+    # A request the recycling dropped (the test below says none is) never reached the app: nothing to count.
     assert (recycle_run.final.predictions, recycle_run.final.answered) == (answered, answered)
 
 

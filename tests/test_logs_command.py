@@ -201,6 +201,30 @@ def test_several_replicas_are_read_as_one_table(
     assert window["predictions"] == PREDICTIONS + 500
 
 
+def test_probe_lines_are_left_out_of_the_model_tables_and_kept_in_probes(
+    log_dir: Path, model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The blackbox exporter's requests are logged with `"probe": true` and kept out of the model metrics;
+    the log's tables leave them out too, or `summary` would not be the numbers the alerts use."""
+    copy = copy_log(log_dir, tmp_path / "log")
+    answered = next(record for record in records(log_dir) if record["status"] == 200)
+    probe = {**answered, "job_id": "probe-job", "probe": True}
+    with (copy / "predictions.jsonl").open("a") as log:
+        log.write(json.dumps(probe) + "\n")
+    args = logs_args(copy, model_dir)
+    (window,) = json.loads(run(capsys, "summary", "--format", "json", *args)[1])
+    assert (window["predictions"], window["requests"]) == (
+        PREDICTIONS,
+        PREDICTIONS + PREDICTIONS // REJECTED_EVERY,
+    )
+    query = (
+        "SELECT (SELECT count(*) FROM probes WHERE job_id = 'probe-job') AS probes, "
+        "(SELECT count(*) FROM lines WHERE job_id = 'probe-job') AS lines"
+    )
+    code, out, err = run(capsys, "sql", query, "--format", "json", *args)
+    assert (code, json.loads(out)) == (0, [{"probes": 1, "lines": 0}]), err
+
+
 def test_sql_runs_over_the_views(log_dir: Path, model_dir: Path, capsys) -> None:
     query = "SELECT count(*) AS n, count(DISTINCT job_id) AS jobs FROM predictions"
     code, out, _ = run(capsys, "sql", query, "--format", "json", *logs_args(log_dir, model_dir))
