@@ -10,6 +10,10 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(VENV)/bin/pip install --quiet
 MODEL_DIR ?= models
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist), a test module each at a time: most of the real-server tests wait on
+# Prometheus' scrape and evaluation intervals, so three share two cores well (15 min instead of 26).
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 # The Debian packages `make run` runs besides Prometheus and Alertmanager (which ensure-debian-packages
 # always checks); the tests also validate docker-compose.yml with docker-compose and use chromium.
@@ -27,10 +31,10 @@ drill: $(VENV)/.installed-run $(MODEL_DIR)/metadata.json
 	$(PY) -m service traffic --scenario outliers --duration 180 --model-dir $(MODEL_DIR)
 
 test: $(VENV)/.installed debian-packages
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed debian-packages
-	$(PY) -m pytest -m "not e2e and not serving" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not e2e and not serving" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed $(MODEL_DIR)/metadata.json
 	./scripts/ensure-debian-packages wrk
@@ -41,6 +45,7 @@ train: $(VENV)/.installed-run
 
 # Every generated file, inputs first: the Kubernetes objects hold the rules and the dashboards.
 generate: $(VENV)/.installed
+	$(PY) prometheus/generate_rules.py
 	$(PY) grafana/generate_dashboards.py
 	$(PY) deploy/kubernetes/generate.py
 
