@@ -169,11 +169,17 @@ def window_rules(window: Window) -> dict:
 """,
         ),
         rule(f"{VALUES}{w}", f"sum by ({FEATURE}) (increase(model_input_feature_value_count[{w}]))"),
-        # _sum / _count of the histogram over the window is the exact mean of every value received
+        # The exact mean of every value received: the sum in its two growing parts (x = x⁺ − x⁻) over the
+        # count. Not the histogram's _sum: it falls on a negative value, and rate() takes that for a reset
+        # (jittered petal widths below 0 made one +77,800 "mean" and a false page in the simulation).
         rule(
             f"{MEAN}{w}",
             f"""
-  sum by ({FEATURE}) (rate(model_input_feature_value_sum[{w}]))
+  (
+      sum by ({FEATURE}) (rate(model_input_feature_value_positive_part_total[{w}]))
+    -
+      sum by ({FEATURE}) (rate(model_input_feature_value_negative_part_total[{w}]))
+  )
 /
   (sum by ({FEATURE}) (rate(model_input_feature_value_count[{w}])) > 0)
 """,

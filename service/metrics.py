@@ -57,18 +57,22 @@ class BoundHistogram:
             self._buckets[index].inc(1.0)
         self._sum.inc(value)
 
-    def observe_many(self, values: np.ndarray) -> None:
-        """Same effect as `observe(v)` for every v (in float32 or float64), in one numpy pass."""
+    def observe_many(self, values: np.ndarray) -> float:
+        """Same effect as `observe(v)` for every v (in float32 or float64), in one numpy pass; returns the
+        values' sum."""
         if len(values) < VECTOR_OBSERVE_MIN:
-            for value in values.tolist():
+            listed = values.tolist()
+            for value in listed:
                 self.observe(value)
-            return
+            return float(sum(listed))
         bounds = np.array(self._bounds)
         counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
         for bucket, count in zip(self._buckets, counts.tolist(), strict=True):
             if count:
                 bucket.inc(count)
-        self._sum.inc(float(values.sum(dtype=np.float64)))
+        total = float(values.sum(dtype=np.float64))
+        self._sum.inc(total)
+        return total
 
 
 class FileHistogram(BoundHistogram):
@@ -123,6 +127,40 @@ def bind_counter(child: Counter) -> Counter | FileCounter:
     return FileCounter(child) if hasattr(child._value, "doubles") else child
 
 
+class FeatureValues:
+    """One feature's histogram and the two parts of its sum, x = x⁺ − x⁻, each a counter that only grows.
+
+    A histogram's `_sum` falls when a value is negative, and `rate()` takes the fall for a counter reset;
+    Prometheus' advice for negative observations is to keep them apart. The window mean is
+    (rate(positive part) − rate(negative part)) / rate(_count), right whatever the values' signs.
+    """
+
+    __slots__ = ("_histogram", "_positive", "_negative")
+
+    def __init__(
+        self, histogram: BoundHistogram, positive: Counter | FileCounter, negative: Counter | FileCounter
+    ) -> None:
+        self._histogram = histogram
+        self._positive = positive
+        self._negative = negative
+
+    def observe(self, value: float) -> None:
+        self._histogram.observe(value)
+        if value > 0:
+            self._positive.inc(value)
+        elif value < 0:
+            self._negative.inc(-value)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """`observe(v)` for every v, in numpy passes (one more only when some value is negative)."""
+        total = self._histogram.observe_many(values)
+        if values.min() >= 0:  # most features never are: the histogram's sum is the positive part
+            self._positive.inc(total)
+            return
+        self._positive.inc(float(values[values > 0].sum(dtype=np.float64)))
+        self._negative.inc(-float(values[values < 0].sum(dtype=np.float64)))
+
+
 class ModelMetrics:
     """The model metrics bound to one loaded model version."""
 
@@ -136,8 +174,13 @@ class ModelMetrics:
         ]
         self.outliers = bind_counter(metrics.model_outliers.labels(version))
         self.outlier_score = bind_histogram(metrics.model_outlier_score.labels(version))
+        feature_value = metrics.model_input_feature_value
         self.feature_values = [
-            bind_histogram(child_with_buckets(metrics.model_input_feature_value, edges, version, feature))
+            FeatureValues(
+                bind_histogram(child_with_buckets(feature_value, edges, version, feature)),
+                bind_counter(metrics.model_input_feature_value_positive_part.labels(version, feature)),
+                bind_counter(metrics.model_input_feature_value_negative_part.labels(version, feature)),
+            )
             for feature, edges in zip(model.feature_names, model.feature_bucket_edges, strict=True)
         ]
 
@@ -178,8 +221,8 @@ class ModelMetrics:
                 if is_outlier:
                     self.outliers.inc()
                 self.outlier_score.observe(score)
-                for histogram, value in zip(feature_values, row, strict=True):
-                    histogram.observe(value)
+                for values, value in zip(feature_values, row, strict=True):
+                    values.observe(value)
             return
         per_label = np.bincount(predictions.label_indices, minlength=len(self.predictions_by_label))
         for counter, count in zip(self.predictions_by_label, per_label.tolist(), strict=True):
@@ -189,8 +232,8 @@ class ModelMetrics:
         if outliers:
             self.outliers.inc(outliers)
         self.outlier_score.observe_many(predictions.outlier_scores)
-        for column, histogram in enumerate(self.feature_values):
-            histogram.observe_many(rows[:, column])
+        for column, values in enumerate(self.feature_values):
+            values.observe_many(rows[:, column])
 
 
 class ServiceMetrics:
@@ -239,10 +282,24 @@ class ServiceMetrics:
         )
         self.model_input_feature_value = Histogram(
             "model_input_feature_value",
-            "Every input value by feature, in buckets near the feature's training deciles; "
-            "_sum / _count over a window is the exact window mean.",
+            "Every input value by feature, in buckets near the feature's training deciles. For the window "
+            "mean use the positive and negative part counters: _sum falls on negative values.",
             ["model_version", "feature"],
             buckets=(0.0,),  # placeholder: every child is bound with the model's edges (child_with_buckets)
+            registry=registry,
+        )
+        # The sum of the values in two parts that only grow (FeatureValues says why).
+        self.model_input_feature_value_positive_part = Counter(
+            "model_input_feature_value_positive_part",
+            "Sum of the positive input values by feature, max(x, 0): with the negative part and "
+            "model_input_feature_value_count, the exact window mean.",
+            ["model_version", "feature"],
+            registry=registry,
+        )
+        self.model_input_feature_value_negative_part = Counter(
+            "model_input_feature_value_negative_part",
+            "Sum of the magnitudes of the negative input values by feature, max(-x, 0).",
+            ["model_version", "feature"],
             registry=registry,
         )
         # Gauges in multiprocess mode: every worker sets the same value, so report the live maximum

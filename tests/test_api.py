@@ -411,16 +411,28 @@ def test_outliers_are_counted(service: Service) -> None:
     assert service.model_value("model_outliers_total") == 3
 
 
-def test_input_feature_histogram_count_and_sum_are_exact(service: Service) -> None:
-    rows = np.concatenate([iris_rows()[::7], [FAR_AWAY_ROW]])
+def test_input_feature_histogram_count_sum_and_sum_parts_are_exact(service: Service) -> None:
+    rows = np.concatenate([iris_rows()[::7], [FAR_AWAY_ROW, [-100.0, 0.0, 50.0, -2.5]]])
     for row in rows.tolist():
         predict(service, [row])
     as_served = rows.astype(np.float32).astype(np.float64)  # the service sees float32 values
     for column, feature in enumerate(FEATURE_NAMES):
+        values = as_served[:, column]
+        positive, negative = values[values > 0].sum(), -values[values < 0].sum()
         assert service.model_value("model_input_feature_value_count", feature=feature) == len(rows)
         assert service.model_value("model_input_feature_value_sum", feature=feature) == pytest.approx(
-            as_served[:, column].sum(), rel=1e-12
+            values.sum(), rel=1e-12
         )
+        assert service.model_value(
+            "model_input_feature_value_positive_part_total", feature=feature
+        ) == pytest.approx(positive, rel=1e-12)
+        assert service.model_value(
+            "model_input_feature_value_negative_part_total", feature=feature
+        ) == pytest.approx(negative, rel=1e-12)
+    negative_sepal_length = service.model_value(
+        "model_input_feature_value_negative_part_total", feature=FEATURE_NAMES[0]
+    )
+    assert negative_sepal_length == 100  # the one negative sepal length
 
 
 def test_inference_histograms_observe_each_stage_once_per_request(service: Service) -> None:
@@ -545,7 +557,14 @@ def test_model_info_is_1_for_the_loaded_model(service: Service) -> None:
 
 def model_samples(service: Service) -> dict[tuple[str, frozenset], float]:
     """Every sample of the per-row model metrics (not the timings, which differ from run to run)."""
-    names = {"model_predictions", "model_outliers", "model_outlier_score", "model_input_feature_value"}
+    names = {
+        "model_predictions",
+        "model_outliers",
+        "model_outlier_score",
+        "model_input_feature_value",
+        "model_input_feature_value_positive_part",
+        "model_input_feature_value_negative_part",
+    }
     samples = {
         (s.name, frozenset(s.labels.items())): s.value
         for metric in service.registry.collect()
@@ -571,7 +590,8 @@ def test_batch_of_1000_rows_increments_model_metrics_like_1000_single_rows(model
         predict(batch, rows, "/predict/batch")
         assert singles.model_value("model_outliers_total") > 0  # the comparison covers outliers
         from_singles, from_batch = model_samples(singles), model_samples(batch)
-    sums = {key for key in from_singles if key[0].endswith("_sum")}
+    sums = {key for key in from_singles if key[0].endswith(("_sum", "_part_total"))}
+    assert any(from_singles[key] for key in sums if "negative_part" in key[0])  # negative values compared too
     assert {k: v for k, v in from_batch.items() if k not in sums} == {
         k: v for k, v in from_singles.items() if k not in sums
     }

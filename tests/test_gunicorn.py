@@ -33,6 +33,7 @@ CONNECTIONS = 8
 STARTUP_SECONDS = 30.0
 STALE_PREDICTIONS = 1000
 FAR_AWAY_ROW = [100.0, 100.0, 100.0, 100.0]
+NEGATIVE_ROW = [-1.5, -3.0, -0.25, -2.0]  # a histogram _sum falls on these; the sum's parts do not
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -82,9 +83,13 @@ def worker_pids(multiproc_dir: Path, prefix: str) -> set[int]:
 
 
 def request_rows() -> list[list[float]]:
-    """Iris rows with every tenth row far away, so predictions cover all labels and outliers."""
+    """Iris rows with every tenth row far away and another tenth negative, so predictions cover all labels
+    and outliers, and the feature sums both signs."""
     iris = np.resize(load_iris().data, (N_REQUESTS, 4)).tolist()
-    return [FAR_AWAY_ROW if index % 10 == 9 else row for index, row in enumerate(iris)]
+    return [
+        FAR_AWAY_ROW if index % 10 == 9 else NEGATIVE_ROW if index % 10 == 4 else row
+        for index, row in enumerate(iris)
+    ]
 
 
 async def post_all(base_url: str, rows: list[list[float]]) -> list[httpx.Response]:
@@ -200,6 +205,14 @@ def test_feature_histogram_counts_and_sums_every_input_value(run: Run, feature: 
     assert run.model_value("model_input_feature_value_sum", feature=feature) == pytest.approx(
         column.sum(), rel=1e-12
     )
+    positive, negative = column[column > 0].sum(), -column[column < 0].sum()
+    assert run.model_value("model_input_feature_value_positive_part_total", feature=feature) == pytest.approx(
+        positive, rel=1e-12
+    )
+    assert run.model_value("model_input_feature_value_negative_part_total", feature=feature) == pytest.approx(
+        negative, rel=1e-12
+    )
+    assert negative > 0
 
 
 def test_outlier_score_histogram_counts_and_sums_every_score(run: Run) -> None:
