@@ -10,6 +10,7 @@ import argparse
 import http.client
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not (args.model_dir / "metadata.json").exists():
         print(f"error: no models in {args.model_dir}; run `python -m service train`", file=sys.stderr)
+        return 2
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed; `make bench` installs it (Debian package wrk)", file=sys.stderr)
         return 2
     started = datetime.now(UTC)
     clock = time.monotonic()

@@ -243,3 +243,17 @@ def test_bench_help_lists_its_options() -> None:
     assert result.returncode == 0
     for option in ("--duration", "--rounds", "--scrape-after", "--output"):
         assert option in result.stdout
+
+
+def test_bench_without_wrk_says_how_to_install_it(model_dir: Path, tmp_path: Path) -> None:
+    environment = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no wrk on it
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--model-dir", str(model_dir), "--output", str(tmp_path / "out.md")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+    assert result.returncode == 2 and "wrk is not installed" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.md").exists()
