@@ -280,7 +280,7 @@ def add_parser(commands: Any) -> None:
         "ad-hoc SQL over the tables predictions, rejections, lines and probes",
         "Any DuckDB SQL over the views `predictions` (a row per predicted row), `rejections` (a row per "
         "rejected request), `lines` (a row per log line) and `probes` (the blackbox exporter's requests, "
-        "left out of the others as of the model metrics), already limited to --since, --until and "
+        "left out of the others as they are of the model metrics), already limited to --since, --until and "
         "--model-version.",
     )
     sql_parser.add_argument(

@@ -237,6 +237,7 @@ def test_uvicorn_protocol_shutdown_closes_a_connection_idle_for_the_grace_period
 def test_uvicorn_protocol_shutdown_waits_longer_for_a_new_connections_first_request() -> None:
     """A client that connected just before the worker began to stop has not sent yet: slower than the idle
     grace, its request is still answered (then the connection closes)."""
+    assert 3 * IDLE_CLOSE_GRACE_SECONDS < FIRST_REQUEST_GRACE_SECONDS  # the client below is late for one only
 
     async def late_first_request() -> tuple[list[bytes], bool]:
         protocol, transport = await connected()
@@ -249,7 +250,6 @@ def test_uvicorn_protocol_shutdown_waits_longer_for_a_new_connections_first_requ
     writes, closed = asyncio.run(late_first_request())
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nconnection: close\r\n" in writes[0].lower() and closed
-    assert 3 * IDLE_CLOSE_GRACE_SECONDS < FIRST_REQUEST_GRACE_SECONDS
 
 
 def test_uvicorn_protocol_shutdown_closes_a_new_connection_that_never_sends() -> None:
