@@ -59,6 +59,7 @@ MEAN_DEVIATION = "job_model_version_feature:model_input_feature_value:mean_devia
 MEAN_Z = "job_model_version_feature:model_input_feature_value:mean_deviation_zscore"
 CHI2_EXCESS = "job_model_version_feature:model_input_feature_value:chisq_distance_excess"
 CHI2_Z = "job_model_version_feature:model_input_feature_value:chisq_zscore"
+CHI2_EXCESS_Z = "job_model_version_feature:model_input_feature_value:chisq_distance_excess_zscore"
 LABEL_RATIO = "job_model_version_predicted_label:model_predictions:ratio_rate"
 TRAINING_LABEL_RATIO = "job_model_version_predicted_label:model_training_predicted_label_ratio:max"
 LABEL_Z = "job_model_version_predicted_label:model_predictions:ratio_deviation_zscore"
@@ -958,7 +959,8 @@ def model_monitoring() -> dict:
         *window_panels(
             "Feature mean evidence",
             "Standard errors of each feature's mean over the last WINDOW from its training mean: "
-            "(mean - training mean) × sqrt(n) / training standard deviation. " + EVIDENCE,
+            "(mean - training mean) × sqrt(n) / s, s the larger of the training and the served standard "
+            "deviation (wider inputs make the mean noisier). " + EVIDENCE,
             "none",
             MEAN_Z,
             "{{model_version}} {{feature}}",
@@ -984,6 +986,17 @@ def model_monitoring() -> dict:
             "errors from no drift (Wilson-Hilferty transform). " + EVIDENCE,
             "none",
             CHI2_Z,
+            "{{model_version}} {{feature}}",
+            threshold_steps=z_lines(two_sided=False),
+            thresholds_style="line",
+        ),
+        *window_panels(
+            "Feature distribution excess",
+            "Standard errors by which each feature's distribution distance over the last WINDOW (less its "
+            f"no-drift bias) exceeds the {CHI2_DISTANCE_THRESHOLD:g} of ModelInputFeatureDistributionDrift: "
+            "a bound on the size, like the outlier share's. " + EVIDENCE,
+            "none",
+            CHI2_EXCESS_Z,
             "{{model_version}} {{feature}}",
             threshold_steps=z_lines(two_sided=False),
             thresholds_style="line",

@@ -128,24 +128,33 @@ def bind_counter(child: Counter) -> Counter | FileCounter:
 
 
 class FeatureValues:
-    """One feature's histogram and the two parts of its sum, x = x⁺ − x⁻, each a counter that only grows.
+    """One feature's histogram, the two parts of its sum, x = x⁺ − x⁻, and the sum of its squares: each a
+    counter that only grows.
 
     A histogram's `_sum` falls when a value is negative, and `rate()` takes the fall for a counter reset;
     Prometheus' advice for negative observations is to keep them apart. The window mean is
-    (rate(positive part) − rate(negative part)) / rate(_count), right whatever the values' signs.
+    (rate(positive part) − rate(negative part)) / rate(_count), right whatever the values' signs; the
+    squares give the window's served variance, E[x²] − mean², which sets the mean's standard error when the
+    inputs spread wider than in training (outliers do).
     """
 
-    __slots__ = ("_histogram", "_positive", "_negative")
+    __slots__ = ("_histogram", "_positive", "_negative", "_squares")
 
     def __init__(
-        self, histogram: BoundHistogram, positive: Counter | FileCounter, negative: Counter | FileCounter
+        self,
+        histogram: BoundHistogram,
+        positive: Counter | FileCounter,
+        negative: Counter | FileCounter,
+        squares: Counter | FileCounter,
     ) -> None:
         self._histogram = histogram
         self._positive = positive
         self._negative = negative
+        self._squares = squares
 
     def observe(self, value: float) -> None:
         self._histogram.observe(value)
+        self._squares.inc(value * value)
         if value > 0:
             self._positive.inc(value)
         elif value < 0:
@@ -154,6 +163,8 @@ class FeatureValues:
     def observe_many(self, values: np.ndarray) -> None:
         """`observe(v)` for every v, in numpy passes (one more only when some value is negative)."""
         total = self._histogram.observe_many(values)
+        wide = values.astype(np.float64)
+        self._squares.inc(float(np.dot(wide, wide)))
         if values.min() >= 0:  # most features never are: the histogram's sum is the positive part
             self._positive.inc(total)
             return
@@ -180,6 +191,7 @@ class ModelMetrics:
                 bind_histogram(child_with_buckets(feature_value, edges, version, feature)),
                 bind_counter(metrics.model_input_feature_value_positive_part.labels(version, feature)),
                 bind_counter(metrics.model_input_feature_value_negative_part.labels(version, feature)),
+                bind_counter(metrics.model_input_feature_value_squares.labels(version, feature)),
             )
             for feature, edges in zip(model.feature_names, model.feature_bucket_edges, strict=True)
         ]
@@ -299,6 +311,12 @@ class ServiceMetrics:
         self.model_input_feature_value_negative_part = Counter(
             "model_input_feature_value_negative_part",
             "Sum of the magnitudes of the negative input values by feature, max(-x, 0).",
+            ["model_version", "feature"],
+            registry=registry,
+        )
+        self.model_input_feature_value_squares = Counter(
+            "model_input_feature_value_squares",
+            "Sum of the squared input values by feature, x²: with the mean, the window's served variance.",
             ["model_version", "feature"],
             registry=registry,
         )

@@ -411,7 +411,7 @@ def test_outliers_are_counted(service: Service) -> None:
     assert service.model_value("model_outliers_total") == 3
 
 
-def test_input_feature_histogram_count_sum_and_sum_parts_are_exact(service: Service) -> None:
+def test_input_feature_histogram_count_sum_sum_parts_and_squares_are_exact(service: Service) -> None:
     rows = np.concatenate([iris_rows()[::7], [FAR_AWAY_ROW, [-100.0, 0.0, 50.0, -2.5]]])
     for row in rows.tolist():
         predict(service, [row])
@@ -429,6 +429,8 @@ def test_input_feature_histogram_count_sum_and_sum_parts_are_exact(service: Serv
         assert service.model_value(
             "model_input_feature_value_negative_part_total", feature=feature
         ) == pytest.approx(negative, rel=1e-12)
+        squares = service.model_value("model_input_feature_value_squares_total", feature=feature)
+        assert squares == pytest.approx((values**2).sum(), rel=1e-12)
     negative_sepal_length = service.model_value(
         "model_input_feature_value_negative_part_total", feature=FEATURE_NAMES[0]
     )
@@ -564,6 +566,7 @@ def model_samples(service: Service) -> dict[tuple[str, frozenset], float]:
         "model_input_feature_value",
         "model_input_feature_value_positive_part",
         "model_input_feature_value_negative_part",
+        "model_input_feature_value_squares",
     }
     samples = {
         (s.name, frozenset(s.labels.items())): s.value
@@ -590,7 +593,8 @@ def test_batch_of_1000_rows_increments_model_metrics_like_1000_single_rows(model
         predict(batch, rows, "/predict/batch")
         assert singles.model_value("model_outliers_total") > 0  # the comparison covers outliers
         from_singles, from_batch = model_samples(singles), model_samples(batch)
-    sums = {key for key in from_singles if key[0].endswith(("_sum", "_part_total"))}
+    sums = {key for key in from_singles if key[0].endswith(("_sum", "_part_total", "_squares_total"))}
+    assert sum(1 for key in sums if "squares" in key[0]) == len(FEATURE_NAMES)  # the squares compared too
     assert any(from_singles[key] for key in sums if "negative_part" in key[0])  # negative values compared too
     assert {k: v for k, v in from_batch.items() if k not in sums} == {
         k: v for k, v in from_singles.items() if k not in sums

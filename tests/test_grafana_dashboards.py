@@ -62,6 +62,7 @@ PANEL_ALERTS = {
     **per_window("Feature mean evidence", ["ModelInputFeatureMeanDrift"]),
     **per_window("Feature distribution distance", ["ModelInputFeatureDistributionDrift"]),
     **per_window("Feature distribution evidence", ["ModelInputFeatureDistributionDrift"]),
+    **per_window("Feature distribution excess", ["ModelInputFeatureDistributionDrift"]),
     ("prediction-service", "Host CPU utilisation"): ["HostCpuSaturated"],
     ("prediction-service", "Host memory utilisation"): ["HostOutOfMemory"],
     ("prediction-service", "Prediction log disk free"): ["PredictionLogDiskFillingUp"],

@@ -212,6 +212,9 @@ def test_feature_histogram_counts_and_sums_every_input_value(run: Run, feature: 
     assert run.model_value("model_input_feature_value_negative_part_total", feature=feature) == pytest.approx(
         negative, rel=1e-12
     )
+    assert run.model_value("model_input_feature_value_squares_total", feature=feature) == pytest.approx(
+        (column**2).sum(), rel=1e-12
+    )
     assert negative > 0
 
 
