@@ -42,6 +42,7 @@ WINDOWS = ("2m", "15m", "1h", "6h")  # every model-quality record exists once pe
 OUTLIER_RATIO_THRESHOLD = 0.2  # ModelOutlierRatioHigh: the size of a problem worth a page
 FEATURE_MEAN_TOLERANCE = 0.05  # ModelInputFeatureMeanDrift
 CHI2_DISTANCE_THRESHOLD = 0.1  # ModelInputFeatureDistributionDrift, on the bias-corrected distance
+CHI2_SIZE_Z = 2  # ModelInputFeatureDistributionDrift: the margin above that size, in standard errors
 CLASS_SHARE_TOLERANCE = 0.1  # ModelPredictedClassShareDrift
 EVIDENCE_Z = 5  # every model-quality alert: the evidence, in standard errors
 MIN_PREDICTIONS = 30  # fewest predictions a window's verdict rests on
@@ -993,12 +994,13 @@ def model_monitoring() -> dict:
         *window_panels(
             "Feature distribution excess",
             "Standard errors by which each feature's distribution distance over the last WINDOW (less its "
-            f"no-drift bias) exceeds the {CHI2_DISTANCE_THRESHOLD:g} of ModelInputFeatureDistributionDrift: "
-            "a bound on the size, like the outlier share's. " + EVIDENCE,
+            f"no-drift bias) exceeds the {CHI2_DISTANCE_THRESHOLD:g} of ModelInputFeatureDistributionDrift. "
+            f"The line is the {CHI2_SIZE_Z} standard errors the alert needs besides its evidence: the margin "
+            "that keeps a distance below the size from paging on one noisy window (docs/runbook.md).",
             "none",
             CHI2_EXCESS_Z,
             "{{model_version}} {{feature}}",
-            threshold_steps=z_lines(two_sided=False),
+            threshold_steps=thresholds("green", (CHI2_SIZE_Z, "red")),
             thresholds_style="line",
         ),
         row("Input values by feature"),

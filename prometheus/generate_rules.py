@@ -206,16 +206,17 @@ def window_rules(window: Window) -> dict:
   ({MEAN_BASELINE} > 0)
 """,
         ),
-        # The served variance, E[x²] - mean² (clamped: rounding can take it a hair below 0). Float64
+        # The served variance, E[x²] - mean² (clamped: rounding can take it a hair below 0), n from the
+        # count record (increase over increase is the same ratio as rate over rate). Float64
         # counters keep it exact to ~1e-11 of E[x²] even for a window a year's worth of counts after a
         # restart, so it is good for features whose |mean| / sigma stays below ~10^5.
         rule(
             f"{VARIANCE}{w}",
             f"""
 clamp_min(
-    sum by ({FEATURE}) (rate(model_input_feature_value_squares_total[{w}]))
+    sum by ({FEATURE}) (increase(model_input_feature_value_squares_total[{w}]))
   / on ({FEATURE})
-    (sum by ({FEATURE}) (rate(model_input_feature_value_count[{w}])) > 0)
+    ({VALUES}{w} > 0)
   - on ({FEATURE})
     {MEAN}{w} ^ 2,
   0
