@@ -45,6 +45,7 @@ CHI2_DISTANCE_THRESHOLD = 0.1  # ModelInputFeatureDistributionDrift, on the bias
 CHI2_SIZE_Z = 2  # ModelInputFeatureDistributionDrift: the margin above that size, in standard errors
 CLASS_SHARE_TOLERANCE = 0.1  # ModelPredictedClassShareDrift
 EVIDENCE_Z = 5  # every model-quality alert: the evidence, in standard errors
+OUTLIER_TRAINING_EVIDENCE_Z = 10  # ModelOutlierRatioHigh: a share above 20% this far from q needs no margin
 MIN_PREDICTIONS = 30  # fewest predictions a window's verdict rests on
 # the distribution's verdict needs 10 expected values in the feature's smallest training bucket: n >= 300 for
 # petal_width (3.3%), about 150 for the others (no line of its own: it differs per feature)
@@ -53,6 +54,7 @@ MIN_PREDICTIONS = 30  # fewest predictions a window's verdict rests on
 PREDICTIONS = "job_model_version:model_predictions:increase"
 OUTLIER_RATIO = "job_model_version:model_outliers:ratio_rate"
 OUTLIER_EXCESS_Z = "job_model_version:model_outliers:ratio_excess_zscore"
+OUTLIER_TRAINING_Z = "job_model_version:model_outliers:ratio_training_zscore"
 TRAINING_OUTLIER_RATIO = "job_model_version:model_training_outlier_ratio:max"
 MEAN = "job_model_version_feature:model_input_feature_value:mean"
 TRAINING_MEAN = "job_model_version_feature:model_feature_training_mean:max"
@@ -887,6 +889,19 @@ def model_monitoring() -> dict:
             OUTLIER_EXCESS_Z,
             "{{model_version}}",
             threshold_steps=z_lines(two_sided=False),
+            thresholds_style="line",
+        ),
+        *window_panels(
+            "Outlier share vs training",
+            "Standard errors by which the outlier share of the last WINDOW exceeds the training share q: "
+            f"(share - q) / sqrt(q (1 - q) / n). The line is {OUTLIER_TRAINING_EVIDENCE_Z}: past it a share "
+            f"above {threshold} pages without the margin above (on many predictions, where that margin would "
+            f"only delay the page). {OUTLIER_TRAINING_EVIDENCE_Z}, not {EVIDENCE_Z}, because normal traffic "
+            "is flagged somewhat more often than the training rows (docs/runbook.md).",
+            "none",
+            OUTLIER_TRAINING_Z,
+            "{{model_version}}",
+            threshold_steps=thresholds("green", (OUTLIER_TRAINING_EVIDENCE_Z, "red")),
             thresholds_style="line",
         ),
         timeseries(

@@ -56,6 +56,7 @@ PANEL_ALERTS = {
     ("prediction-service", "Request latency p50 / p90 / p99"): ["PredictionLatencyHigh"],
     **per_window("Outlier ratio", ["ModelOutlierRatioHigh"]),
     **per_window("Outlier evidence", ["ModelOutlierRatioHigh"]),
+    **per_window("Outlier share vs training", ["ModelOutlierRatioHigh"]),
     ("model-monitoring", "Predictions per window"): MODEL_QUALITY_ALERTS,
     **per_window("Predicted class share evidence", ["ModelPredictedClassShareDrift"]),
     **per_window("Feature mean deviation", ["ModelInputFeatureMeanDrift"]),
