@@ -884,7 +884,9 @@ def model_monitoring() -> dict:
             "Outlier evidence",
             f"Standard errors by which the outlier share of the last WINDOW exceeds {threshold}: "
             f"(share - t) / sqrt(t (1 - t) / n) with t = {OUTLIER_RATIO_THRESHOLD:g}, negative while the "
-            f"share is below {threshold}. " + EVIDENCE,
+            f"share is below {threshold}. "
+            + EVIDENCE
+            + " On many predictions the share's distance from training (next panels) can stand in for it.",
             "none",
             OUTLIER_EXCESS_Z,
             "{{model_version}}",
