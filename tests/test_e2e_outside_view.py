@@ -77,8 +77,12 @@ def test_probes_succeed_and_workers_report_by_slot_on_a_healthy_service(outside_
         "/ready": "200",
         "/predict": "200",
     }
-    slots = outside_stack.query('service_worker_resident_memory_bytes{job="prediction-service"}')
-    assert sorted(series["metric"]["worker"] for series in slots) == ["0", "1"]
+    # The probes can succeed before the first service scrape after its workers took their slots (10 s apart).
+    def worker_slots() -> list[str]:
+        slots = outside_stack.query('service_worker_resident_memory_bytes{job="prediction-service"}')
+        return sorted(series["metric"]["worker"] for series in slots)
+
+    poll(lambda: worker_slots() == ["0", "1"], 60, "worker slots 0 and 1 in Prometheus", 2.0)
     assert outside_stack.query('up{job="node"} == 1')
 
 
