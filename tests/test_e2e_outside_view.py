@@ -77,6 +77,7 @@ def test_probes_succeed_and_workers_report_by_slot_on_a_healthy_service(outside_
         "/ready": "200",
         "/predict": "200",
     }
+
     # The probes can succeed before the first service scrape after its workers took their slots (10 s apart).
     def worker_slots() -> list[str]:
         slots = outside_stack.query('service_worker_resident_memory_bytes{job="prediction-service"}')
